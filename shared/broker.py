@@ -1,0 +1,246 @@
+"""Kafka helpers on FastStream/aiokafka: broker factory, topic creation, the log/position sanity check,
+dead letters, and the batch consumer that applies effect and position in one PostgreSQL transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+
+from shared import db
+from shared.config import ServiceSettings
+from shared.events import DecodeError, Envelope, Event, decode
+from shared.topics import dead_letter_topic
+
+log = logging.getLogger(__name__)
+
+FETCH_MAX_BYTES = 64 * 1024 * 1024
+PARTITION_FETCH_BYTES = 16 * 1024 * 1024
+TRANSIENT_BACKOFF_S = 1.0
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+class LogPositionMismatch(RuntimeError):
+    """Stored consumer positions point past the end of the broker's log: the broker and the
+    database do not belong to the same stack (e.g. a fresh in-memory broker beside an old database)."""
+
+
+def make_broker(settings: ServiceSettings, client_id: str) -> KafkaBroker:
+    return KafkaBroker(
+        settings.kafka.bootstrap_servers,
+        client_id=client_id,
+        log_level=logging.DEBUG,  # FastStream logs every message at this level; keep it out of INFO
+        graceful_timeout=15.0,
+        **settings.producer_options(),  # type: ignore[arg-type]
+    )
+
+
+async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int, replication: int = 1) -> None:
+    """Create missing topics. Existing ones are left as they are (partitions are never shrunk)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(t, num_partitions=partitions, replication_factor=replication)
+                   for t in topics if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another service created it meanwhile
+    finally:
+        await admin.close()
+
+
+async def end_offsets(bootstrap: str, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        ends = await consumer.end_offsets(tps) if tps else {}
+        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def assert_positions_within_log(pool: asyncpg.Pool, bootstrap: str) -> None:
+    """Refuse to start when a stored position is beyond the partition's end instead of skipping events."""
+    async with pool.acquire() as conn:
+        stored = await db.all_positions(conn)
+    if not stored:
+        return
+    ends = await end_offsets(bootstrap, [(t, p) for _, t, p, _ in stored])
+    beyond = [(c, t, p, o, ends.get((t, p), 0)) for c, t, p, o in stored if o > ends.get((t, p), 0)]
+    if beyond:
+        c, t, p, o, end = beyond[0]
+        raise LogPositionMismatch(
+            f"consumer {c} stored position {o} for {t}[{p}] but the log ends at {end} "
+            f"({len(beyond)} partitions affected): this database belongs to another broker log. "
+            "Start both fresh (make run does) or point KAFKA_BOOTSTRAP_SERVERS at the broker that wrote them."
+        )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One decoded record with its place in the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    envelope: Envelope
+    event: Event
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    raw: bytes
+    reason: str
+
+
+def decode_records(records: Sequence[Any]) -> tuple[list[Delivery], list[Undecodable]]:
+    good: list[Delivery] = []
+    bad: list[Undecodable] = []
+    for r in records:
+        try:
+            envelope, event = decode(r.value)
+        except DecodeError as exc:
+            bad.append(Undecodable(r.topic, r.partition, r.offset, r.key, r.value or b"", str(exc)))
+        else:
+            good.append(Delivery(r.topic, r.partition, r.offset, r.key, envelope, event, r.value))
+    return good, bad
+
+
+async def dead_letter(
+    broker: KafkaBroker, consumer: str, *, topic: str, partition: int, offset: int,
+    key: bytes | None, raw: bytes, reason: str,
+) -> None:
+    """Publish to the consumer's dead-letter topic (awaited: the position moves only after this)."""
+    log.warning("dead-lettered %s[%d]@%d for %s: %s", topic, partition, offset, consumer, reason)
+    await broker.publish(
+        raw,
+        topic=dead_letter_topic(consumer),
+        key=key,
+        headers={
+            "dlq-reason": reason[:2000],
+            "dlq-consumer": consumer,
+            "dlq-source": f"{topic}:{partition}:{offset}",
+        },
+    )
+
+
+def fresh_only(records: Sequence[Any], positions: dict[tuple[str, int], int]) -> list[Any]:
+    """Drop records already applied (offset below the stored next offset)."""
+    return [r for r in records if r.offset >= positions.get((r.topic, r.partition), 0)]
+
+
+def next_positions(records: Sequence[Any]) -> dict[tuple[str, int], int]:
+    out: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        out[key] = max(out.get(key, 0), r.offset + 1)
+    return out
+
+
+Apply = Callable[[asyncpg.Connection, Sequence[Delivery]], Awaitable[None]]
+
+
+class BatchConsumer:
+    """Consumes batches and applies them with their positions in one transaction.
+
+    Already-applied offsets are filtered out under a row lock on the positions, so redelivery after a
+    crash or rebalance changes nothing. An event that cannot be decoded, or whose application fails for
+    a non-transient reason, goes to the dead-letter topic with the reason and the batch goes on.
+    Transient failures (database or network down) are raised: the batch is rewound and retried.
+    """
+
+    def __init__(self, broker: KafkaBroker, pool_ref: Callable[[], asyncpg.Pool], consumer: str,
+                 apply: Apply) -> None:
+        self.broker = broker
+        self.pool_ref = pool_ref
+        self.consumer = consumer
+        self.apply = apply
+
+    def subscribe(self, settings: ServiceSettings, *topics: str, max_records: int | None = None) -> None:
+        k = settings.kafka
+        self.broker.subscriber(
+            *topics,
+            group_id=self.consumer,
+            batch=True,
+            max_records=max_records or k.max_batch_records,
+            batch_timeout_ms=50,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=k.heartbeat_interval_ms,
+            fetch_max_bytes=FETCH_MAX_BYTES,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+        )(self.handle)
+
+    async def handle(self, body: list[bytes], msg: KafkaMessage) -> None:
+        try:
+            await self.process(list(msg.raw_message))  # type: ignore[arg-type]
+        except TRANSIENT_ERRORS:
+            log.exception("%s: transient failure, the batch will be retried", self.consumer)
+            await asyncio.sleep(TRANSIENT_BACKOFF_S)
+            raise
+
+    async def process(self, records: Sequence[Any]) -> None:
+        pool = self.pool_ref()
+        async with pool.acquire() as conn, conn.transaction():
+            positions = await db.load_positions(conn, self.consumer, {(r.topic, r.partition) for r in records})
+            fresh = fresh_only(records, positions)
+            if not fresh:
+                return
+            good, bad = decode_records(fresh)
+            for u in bad:
+                await dead_letter(self.broker, self.consumer, topic=u.topic, partition=u.partition,
+                                  offset=u.offset, key=u.key, raw=u.raw, reason=u.reason)
+            if good:
+                await self._apply_or_isolate(conn, good)
+            await db.save_positions(conn, self.consumer, next_positions(fresh))
+
+    async def _apply_or_isolate(self, conn: asyncpg.Connection, good: list[Delivery]) -> None:
+        try:
+            async with conn.transaction():
+                await self.apply(conn, good)
+            return
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:
+            log.exception("%s: batch of %d failed; applying one by one", self.consumer, len(good))
+        for d in good:
+            try:
+                async with conn.transaction():
+                    await self.apply(conn, [d])
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:
+                await dead_letter(self.broker, self.consumer, topic=d.topic, partition=d.partition,
+                                  offset=d.offset, key=d.key, raw=d.raw,
+                                  reason=f"{type(exc).__name__}: {exc}")

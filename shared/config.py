@@ -1,0 +1,54 @@
+"""Typed settings read from the environment once at start-up; a missing required variable stops the process."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """Broker settings. Idempotence stays off by default: the local broker rejects it (see docs)."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    acks: Literal["all", "1", "0"] = "all"
+    enable_idempotence: bool = False
+    compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "lz4"
+    linger_ms: int = 5
+    max_request_size: int = 8 * 1024 * 1024
+    partitions: int = 6
+    replication_factor: int = 1
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_batch_records: int = 500
+
+
+class ServiceSettings(BaseSettings):
+    """What every service reads: database, broker, HTTP listener, logging, operator key."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_nested_delimiter="__")
+
+    database_url: str = Field(description="PostgreSQL DSN")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_level: str = "INFO"
+    log_json: bool = True
+    operator_api_key: str = Field(default="", description="key for operator endpoints; empty disables them")
+    db_pool_min: int = 1
+    db_pool_max: int = 8
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    def producer_options(self) -> dict[str, object]:
+        k = self.kafka
+        opts: dict[str, object] = {
+            "acks": "all" if k.acks == "all" else int(k.acks),
+            "linger_ms": k.linger_ms,
+            "max_request_size": k.max_request_size,
+            "enable_idempotence": k.enable_idempotence,
+        }
+        if k.compression_type != "none":
+            opts["compression_type"] = k.compression_type
+        return opts
