@@ -1,0 +1,79 @@
+"""Append-only columns in fixed-size chunks, for the message store.
+
+One growing array is reallocated and copied as it grows; the freed copies fragment the C heap, which cost
+about a third more RSS than the data itself at a million messages. Chunks are allocated once, at full size.
+"""
+
+from array import array
+from collections.abc import Sequence
+from itertools import accumulate
+
+CHUNK_BITS = 16
+CHUNK = 1 << CHUNK_BITS
+MASK = CHUNK - 1
+BLOB_CHUNK_BITS = 20
+BLOB_CHUNK = 1 << BLOB_CHUNK_BITS
+
+
+class Column:
+    """Integers of one array typecode, indexed from 0."""
+
+    def __init__(self, typecode: str) -> None:
+        self._typecode = typecode
+        self._zeros = bytes(CHUNK * array(typecode).itemsize)
+        self._chunks: list[array[int]] = []
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> int:
+        return self._chunks[index >> CHUNK_BITS][index & MASK]
+
+    def __setitem__(self, index: int, value: int) -> None:
+        self._chunks[index >> CHUNK_BITS][index & MASK] = value
+
+    def extend(self, values: Sequence[int]) -> None:
+        done, total = 0, len(values)
+        while done < total:
+            pos = self._len & MASK
+            if pos == 0:
+                self._chunks.append(array(self._typecode, self._zeros))
+            take = min(CHUNK - pos, total - done)
+            self._chunks[-1][pos : pos + take] = array(self._typecode, values[done : done + take])
+            done += take
+            self._len += take
+
+    def extend_constant(self, value: int, count: int) -> None:
+        self.extend(array(self._typecode, (value,)) * count)
+
+
+class Blob:
+    """Byte strings appended one by one; `add` returns a handle for `get`. No string spans two chunks."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytearray] = []
+        self._pos = 0
+
+    def add(self, raw: bytes) -> int:
+        size = len(raw)
+        if not self._chunks or self._pos + size > BLOB_CHUNK:
+            # A string longer than a chunk gets a chunk of its own size.
+            self._chunks.append(bytearray(max(BLOB_CHUNK, size)))
+            self._pos = 0
+        handle = (len(self._chunks) - 1) << BLOB_CHUNK_BITS | self._pos
+        self._chunks[-1][self._pos : self._pos + size] = raw
+        self._pos += size
+        return handle
+
+    def add_all(self, raws: Sequence[bytes]) -> list[int]:
+        """`add` of each string, in one copy when they fit in a chunk together."""
+        data = b"".join(raws)
+        if len(data) > BLOB_CHUNK:
+            return [self.add(raw) for raw in raws]
+        start = self.add(data)  # a handle plus an offset inside its chunk is a handle
+        return list(accumulate(map(len, raws[:-1]), initial=start))
+
+    def get(self, handle: int, size: int) -> bytes:
+        start = handle & (BLOB_CHUNK - 1)
+        return bytes(self._chunks[handle >> BLOB_CHUNK_BITS][start : start + size])

@@ -1,0 +1,197 @@
+"""In-memory store of accepted messages and of sends per (campaign, phone).
+
+Messages live in parallel typed columns indexed by `counter - base`, texts and references in byte blobs,
+so a million messages take about 80 bytes each (plus the sends counter) instead of a dict per message.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mitto_sim.columns import Blob, Column
+from mitto_sim.domain import SENT
+
+_NO_REFERENCE = 0xFFFFFFFF
+_TEXT_CACHE_LIMIT = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    counter: int
+    destination: str
+    text: str
+    sender: str
+    traffic_account_id: str
+    reference: str | None
+    parts: int
+    status: int
+    created_ms: int
+    updated_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendsSummary:
+    campaign: str
+    phones: int
+    sends: int
+    max_per_phone: int
+    duplicates: list[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessages:
+    """Columns of the accepted items of one call, in request order."""
+
+    accounts: Sequence[str]
+    destinations: Sequence[int]
+    texts: Sequence[str]
+    senders: Sequence[str]
+    references: Sequence[str | None]
+    parts: Sequence[int]
+
+
+class _Interned:
+    """Few distinct strings (accounts, senders, campaigns) stored once, referred to by a small int."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.values: list[str] = []
+
+    def id_of(self, value: str) -> int:
+        found = self.ids.get(value)
+        if found is None:
+            found = self.ids[value] = len(self.values)
+            self.values.append(value)
+        return found
+
+
+class MessageStore:
+    """Messages with counters in [base, base + len). A new store starts at the next counter after a reset,
+    so ids issued before the reset are unknown afterwards, not confused with new messages."""
+
+    def __init__(self, base: int = 0) -> None:
+        self.base = base
+        self._destinations = Column("q")
+        self._accounts = Column("I")
+        self._senders = Column("I")
+        self._campaigns = Column("I")
+        self._text_handle = Column("Q")
+        self._text_len = Column("I")
+        self._ref_handle = Column("Q")
+        self._ref_len = Column("I")
+        self._parts = Column("B")
+        self._status = Column("B")
+        self._created = Column("q")
+        self._updated = Column("q")
+        self._texts = Blob()
+        self._refs = Blob()
+        self._text_cache: dict[str, tuple[int, int]] = {}
+        self._account_names = _Interned()
+        self._sender_names = _Interned()
+        self._campaign_names = _Interned()
+        self._sends: list[dict[int, int]] = []  # per campaign id: destination digits → accepted sends
+
+    def __len__(self) -> int:
+        return len(self._status)
+
+    @property
+    def next_counter(self) -> int:
+        return self.base + len(self._status)
+
+    def add(self, batch: NewMessages, now_ms: int) -> int:
+        """Store `batch` and count its sends; returns the counter of its first message."""
+        first = self.next_counter
+        n = len(batch.destinations)
+        self._destinations.extend(batch.destinations)
+        self._parts.extend([min(p, 255) for p in batch.parts])
+        self._created.extend_constant(now_ms, n)
+        self._updated.extend_constant(now_ms, n)
+        self._accounts.extend(list(map(self._account_names.id_of, batch.accounts)))
+        self._senders.extend(list(map(self._sender_names.id_of, batch.senders)))
+        self._add_texts(batch.texts)
+        self._add_references(batch.references, batch.destinations)
+        self._status.extend_constant(SENT, n)  # last: its length is the store's length
+        return first
+
+    def _add_texts(self, texts: Sequence[str]) -> None:
+        cache, blob = self._text_cache, self._texts
+        handles, lengths = [], []
+        for text in texts:
+            slot = cache.get(text)
+            if slot is None:
+                if len(cache) >= _TEXT_CACHE_LIMIT:
+                    cache.clear()  # personalised texts: keep the cache bounded, store them one by one
+                raw = text.encode()
+                slot = cache[text] = (blob.add(raw), len(raw))
+            handles.append(slot[0])
+            lengths.append(slot[1])
+        self._text_handle.extend(handles)
+        self._text_len.extend(lengths)
+
+    def _add_references(self, references: Sequence[str | None], destinations: Sequence[int]) -> None:
+        raws = [b"" if reference is None else reference.encode() for reference in references]
+        self._ref_handle.extend(self._refs.add_all(raws))
+        self._ref_len.extend(
+            [_NO_REFERENCE if ref is None else len(raw) for ref, raw in zip(references, raws, strict=True)]
+        )
+        campaigns = []
+        last_campaign, last_id, counts = "", -1, None
+        for reference, digits in zip(references, destinations, strict=True):
+            # domain.campaign_of, inlined: this loop runs once per stored message
+            campaign = "-" if reference is None else reference.partition(":")[0]
+            if campaign != last_campaign or counts is None:
+                last_campaign, last_id = campaign, self._campaign_names.id_of(campaign)
+                if last_id == len(self._sends):
+                    self._sends.append({})
+                counts = self._sends[last_id]
+            campaigns.append(last_id)
+            counts[digits] = counts.get(digits, 0) + 1
+        self._campaigns.extend(campaigns)
+
+    def get(self, counter: int) -> StoredMessage | None:
+        i = counter - self.base
+        if not 0 <= i < len(self._status):
+            return None
+        ref_len = self._ref_len[i]
+        reference = None
+        if ref_len != _NO_REFERENCE:
+            reference = self._refs.get(self._ref_handle[i], ref_len).decode()
+        return StoredMessage(
+            counter=counter,
+            destination=f"+{self._destinations[i]}",
+            text=self._texts.get(self._text_handle[i], self._text_len[i]).decode(),
+            sender=self._sender_names.values[self._senders[i]],
+            traffic_account_id=self._account_names.values[self._accounts[i]],
+            reference=reference,
+            parts=self._parts[i],
+            status=self._status[i],
+            created_ms=self._created[i],
+            updated_ms=self._updated[i],
+        )
+
+    def finalise(self, counter: int, status: int, now_ms: int) -> bool:
+        """Record an acknowledged final report. False when the message is unknown or already final."""
+        i = counter - self.base
+        if not 0 <= i < len(self._status) or self._status[i] != SENT:
+            return False
+        self._status[i] = status
+        self._updated[i] = now_ms
+        return True
+
+    def sends_of(self, campaign: str, duplicates_cap: int = 100) -> SendsSummary:
+        campaign_id = self._campaign_names.ids.get(campaign)
+        counts = self._sends[campaign_id] if campaign_id is not None else {}
+        duplicates: list[tuple[str, int]] = []
+        for digits, count in counts.items():
+            if count > 1 and len(duplicates) < duplicates_cap:
+                duplicates.append((f"+{digits}", count))
+        return SendsSummary(
+            campaign=campaign,
+            phones=len(counts),
+            sends=sum(counts.values()),
+            max_per_phone=max(counts.values(), default=0),
+            duplicates=duplicates,
+        )
+
+    def send_count(self, campaign: str, digits: int) -> int:
+        campaign_id = self._campaign_names.ids.get(campaign)
+        return 0 if campaign_id is None else self._sends[campaign_id].get(digits, 0)

@@ -1,0 +1,65 @@
+from mitto_sim.columns import BLOB_CHUNK, CHUNK, Blob, Column
+from mitto_sim.domain import DELIVERED, FAILURE, SENT
+from mitto_sim.store import MessageStore, NewMessages
+
+
+def a_batch(destinations: list[int], references: list[str | None], text: str = "Hi") -> NewMessages:
+    n = len(destinations)
+    return NewMessages(["acc"] * n, destinations, [text] * n, ["Shop"] * n, references, [1] * n)
+
+
+def test_stored_messages_read_back_whole() -> None:
+    store = MessageStore(base=10)
+    first = store.add(a_batch([306900000001, 306900000002], ["c1:r1", None], text="Καλημέρα 😀"), now_ms=5)
+    assert first == 10
+    message = store.get(11)
+    assert message is not None
+    assert (message.destination, message.text, message.reference, message.status) == (
+        "+306900000002",
+        "Καλημέρα 😀",
+        None,
+        SENT,
+    )
+    assert store.get(12) is None
+    assert store.get(9) is None
+
+
+def test_sends_are_counted_per_campaign_and_phone() -> None:
+    store = MessageStore()
+    store.add(a_batch([1, 2, 1], ["c1:a", "c1:b", "c1:c"]), now_ms=0)
+    store.add(a_batch([1, 3], ["c1:a", "c2:x"]), now_ms=0)
+    summary = store.sends_of("c1")
+    assert (summary.phones, summary.sends, summary.max_per_phone) == (2, 4, 3)
+    assert summary.duplicates == [("+1", 3)]
+    assert store.send_count("c2", 3) == 1
+    assert store.send_count("c2", 1) == 0
+    assert store.sends_of("nobody").sends == 0
+
+
+def test_a_message_becomes_final_once() -> None:
+    store = MessageStore()
+    store.add(a_batch([1], [None]), now_ms=0)
+    assert store.finalise(0, FAILURE, now_ms=9)
+    assert not store.finalise(0, DELIVERED, now_ms=10)
+    message = store.get(0)
+    assert message is not None
+    assert (message.status, message.updated_ms) == (FAILURE, 9)
+
+
+def test_columns_span_chunks() -> None:
+    column = Column("q")
+    column.extend(list(range(CHUNK - 3)))
+    column.extend(list(range(10)))
+    assert len(column) == CHUNK + 7
+    assert column[CHUNK - 4] == CHUNK - 4
+    assert column[CHUNK + 6] == 9
+
+
+def test_blob_keeps_long_strings_and_batches_whole() -> None:
+    blob = Blob()
+    small = blob.add(b"abc")
+    big = blob.add(b"x" * (BLOB_CHUNK + 5))
+    handles = blob.add_all([b"one", b"", b"three"])
+    assert blob.get(small, 3) == b"abc"
+    assert blob.get(big, BLOB_CHUNK + 5) == b"x" * (BLOB_CHUNK + 5)
+    assert [blob.get(h, n) for h, n in zip(handles, (3, 0, 5), strict=True)] == [b"one", b"", b"three"]
