@@ -1,13 +1,12 @@
-"""Delivery-report dispatcher: a due-time heap of planned reports, POSTed in batches to the webhook.
+"""Delivery-report dispatcher: planned reports wait in a `ReportQueue`; due ones are POSTed in batches.
 
-A batch that is not answered 2xx (or not answered at all) goes back on the heap with a backoff: reports are
-never dropped, only delayed. Entries carry the message counter, not a store index, so a reset in between
-makes stale acknowledgements harmless.
+A batch that is not answered 2xx (or not answered at all) goes back in the queue with a backoff: reports are
+never dropped, only delayed. Reports carry the message counter, not a store index, and a reset bumps a
+generation, so a batch in flight across a reset is neither counted nor retried.
 """
 
 import asyncio
 import contextlib
-import heapq
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -27,13 +26,11 @@ from mitto_sim.domain import (
     report_payload,
 )
 from mitto_sim.metrics import SimMetrics
+from mitto_sim.pending import ReportQueue, Span
 from mitto_sim.settings import SimConfig
 
-RETRY_BASE_S = 0.1
-RETRY_MAX_S = 5.0
-
-# (due on the monotonic clock, message counter, report code)
-Entry = tuple[float, int, int]
+RETRY_BASE_MS = 100
+RETRY_MAX_MS = 5000
 
 
 @dataclass(slots=True)
@@ -61,16 +58,24 @@ def iso_ms(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
 def shares_of(config: SimConfig) -> ReportShares:
     return ReportShares(
-        delay_s=config.dlr_delay_ms / 1000,
-        jitter_s=config.dlr_jitter_ms / 1000,
+        delay_ms=round(config.dlr_delay_ms),
+        jitter_ms=round(config.dlr_jitter_ms),
         failure=config.dlr_failure_share,
         duplicate=config.dlr_duplicate_share,
         sent_first=config.dlr_sent_first_share,
         out_of_order=config.dlr_out_of_order_share,
         alt_spelling=config.dlr_alt_spelling_share,
     )
+
+
+def span_size(spans: list[Span]) -> int:
+    return sum(count for _, _, count in spans)
 
 
 class DlrDispatcher:
@@ -93,7 +98,7 @@ class DlrDispatcher:
         self._finalise = finalise
         self._draw = draw
         self._metrics = metrics
-        self._heap: list[Entry] = []
+        self._queue = ReportQueue()
         self._in_flight = 0
         self._failures_in_row = 0
         self._generation = 0
@@ -105,7 +110,7 @@ class DlrDispatcher:
 
     @property
     def pending(self) -> int:
-        return len(self._heap) + self._in_flight
+        return len(self._queue) + self._in_flight
 
     def start(self, client: httpx.AsyncClient) -> None:
         self._client = client
@@ -119,8 +124,8 @@ class DlrDispatcher:
             self._task = None
 
     def clear(self) -> None:
-        """Forget pending reports and counters; a batch in flight is neither counted nor retried."""
-        self._heap.clear()
+        """Forget pending reports and counters."""
+        self._queue.clear()
         self._in_flight = 0
         self._failures_in_row = 0
         self._generation += 1
@@ -131,67 +136,67 @@ class DlrDispatcher:
         """Re-read the config (a new webhook_url may make pending reports sendable)."""
         self._wake.set()
 
-    def schedule(self, first_counter: int, count: int, now: float) -> None:
-        """Plan the reports of messages `first_counter .. first_counter + count - 1`, accepted at `now`."""
-        heap, push = self._heap, heapq.heappush
-        head = heap[0][0] if heap else None
+    def schedule(self, first_counter: int, count: int) -> None:
+        """Plan the reports of messages `first_counter .. first_counter + count - 1`, accepted now."""
+        queue, now = self._queue, monotonic_ms()
+        head = queue.next_due_ms()
         shares = shares_of(self._config())
         if shares.plain:
-            due = now + shares.delay_s
-            for counter in range(first_counter, first_counter + count):
-                push(heap, (due, counter, DELIVERED))
+            queue.push(now + shares.delay_ms, first_counter, DELIVERED, count)
         else:
             for counter in range(first_counter, first_counter + count):
                 for offset, code in plan_reports(self._draw, shares):
-                    push(heap, (now + offset, counter, code))
-        if heap and (head is None or heap[0][0] < head):
+                    queue.push(now + offset, counter, code)
+        new_head = queue.next_due_ms()
+        if head is None or (new_head is not None and new_head < head):
             self._wake.set()
 
     async def flush(self) -> FlushResult:
         """Send every pending report now, whatever its due time; stops at the first failed callback."""
         sent = 0
         async with self._lock:
-            while self._heap:
+            while len(self._queue):
                 batch = self._take(float("inf"))
                 error = await self._post(batch)
                 if error is not None:
                     return FlushResult(sent, self.pending, error)
-                sent += len(batch)
+                sent += span_size(batch)
         return FlushResult(sent, self.pending, None)
 
     async def _run(self) -> None:
         while True:
-            wait = self._seconds_to_next()
+            wait = self._ms_to_next()
             if wait is None or wait > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                    await asyncio.wait_for(self._wake.wait(), timeout=None if wait is None else wait / 1000)
                 continue
             async with self._lock:
-                batch = self._take(time.monotonic())
+                batch = self._take(monotonic_ms())
                 if batch:
                     await self._post(batch)
 
-    def _seconds_to_next(self) -> float | None:
-        if not self._heap or not self._config().webhook_url:
+    def _ms_to_next(self) -> int | None:
+        due = self._queue.next_due_ms()
+        if due is None or not self._config().webhook_url:
             return None
-        return self._heap[0][0] - time.monotonic()
+        return due - monotonic_ms()
 
-    def _take(self, cutoff: float) -> list[Entry]:
-        heap, size = self._heap, self._config().dlr_batch_size
-        batch: list[Entry] = []
-        while heap and heap[0][0] <= cutoff and len(batch) < size:
-            batch.append(heapq.heappop(heap))
-        self._in_flight = len(batch)
+    def _take(self, cutoff_ms: float) -> list[Span]:
+        batch = self._queue.take(cutoff_ms, self._config().dlr_batch_size)
+        self._in_flight = span_size(batch)
         return batch
 
-    async def _post(self, batch: list[Entry]) -> str | None:
+    async def _post(self, batch: list[Span]) -> str | None:
         """POST one batch; on failure put it back with a backoff and return why."""
         config = self._config()
         now_ms = time.time_ns() // 1_000_000
-        stamp = iso_ms(now_ms)
-        encode = self._ids.encode
-        reports = [report_payload(encode(counter), code, stamp) for _, counter, code in batch]
+        stamp, encode = iso_ms(now_ms), self._ids.encode
+        reports = [
+            report_payload(encode(c), code, stamp)
+            for counter, code, count in batch
+            for c in range(counter, counter + count)
+        ]
         body = orjson.dumps(reports[0] if len(reports) == 1 and config.dlr_single_object else reports)
         generation = self._generation
         error = await self._deliver(config, body)
@@ -219,26 +224,28 @@ class DlrDispatcher:
             return f"webhook unreachable: {type(exc).__name__}: {exc}"
         return None if response.is_success else f"webhook answered {response.status_code}"
 
-    def _acknowledged(self, batch: list[Entry], now_ms: int) -> None:
-        c = self.counters
+    def _acknowledged(self, batch: list[Span], now_ms: int) -> None:
+        c, finalise = self.counters, self._finalise
         c.callbacks_ok += 1
-        for _, counter, code in batch:
+        for counter, code, count in batch:
             status = code & STATUS_MASK
             if code & DUPLICATE:
-                c.duplicates_sent += 1
+                c.duplicates_sent += count
             if status == SENT:
-                c.sent += 1
-            elif self._finalise(counter, status, now_ms):
-                if status == DELIVERED:
-                    c.delivered += 1
-                else:
-                    c.failed += 1
+                c.sent += count
+                continue
+            became_final = sum(finalise(m, status, now_ms) for m in range(counter, counter + count))
+            if status == DELIVERED:
+                c.delivered += became_final
+            else:
+                c.failed += became_final
         self._metrics.reports_acknowledged(batch)
 
-    def _retry_later(self, batch: list[Entry]) -> None:
+    def _retry_later(self, batch: list[Span]) -> None:
         self.counters.callback_errors += 1
         self._metrics.callback_errors.inc()
         self._failures_in_row += 1
-        due = time.monotonic() + min(RETRY_BASE_S * 2 ** (self._failures_in_row - 1), RETRY_MAX_S)
-        for _, counter, code in batch:
-            heapq.heappush(self._heap, (due, counter, code))
+        due = monotonic_ms() + min(RETRY_BASE_MS * 2 ** (self._failures_in_row - 1), RETRY_MAX_MS)
+        for counter, code, count in batch:
+            self._queue.push(due, counter, code, count)
+        self._wake.set()

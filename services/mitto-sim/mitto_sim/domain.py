@@ -115,7 +115,7 @@ DUPLICATE = 8
 STATUS_NAMES = ("Sent", "Delivered", "Failure")
 FAILURE_ERROR = "Undeliverable"
 # Gap between a final report and a report that must come after it (duplicate, late "Sent").
-LATER_S = 0.001
+LATER_MS = 1
 
 
 def choose_final_status(draw: float, failure_share: float) -> int:
@@ -124,8 +124,8 @@ def choose_final_status(draw: float, failure_share: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ReportShares:
-    delay_s: float
-    jitter_s: float
+    delay_ms: int
+    jitter_ms: int
     failure: float
     duplicate: float
     sent_first: float
@@ -134,9 +134,9 @@ class ReportShares:
 
     @property
     def plain(self) -> bool:
-        """True when every message gets exactly one Delivered report after `delay_s`."""
+        """True when every message gets exactly one Delivered report after `delay_ms`."""
         return not (
-            self.jitter_s
+            self.jitter_ms
             or self.failure
             or self.duplicate
             or self.sent_first
@@ -145,22 +145,22 @@ class ReportShares:
         )
 
 
-def plan_reports(draw: Callable[[], float], shares: ReportShares) -> list[tuple[float, int]]:
-    """(seconds after acceptance, report code) of every report for one message.
+def plan_reports(draw: Callable[[], float], shares: ReportShares) -> list[tuple[int, int]]:
+    """(milliseconds after acceptance, report code) of every report for one message.
 
     A report that must precede another is planned at an earlier or equal time with a smaller code; callers
     order equal times by code, so "Sent" (code 0) goes first.
     """
-    final_at = shares.delay_s + (draw() * shares.jitter_s if shares.jitter_s else 0.0)
+    final_at = shares.delay_ms + (int(draw() * shares.jitter_ms) if shares.jitter_ms else 0)
     code = choose_final_status(draw(), shares.failure) if shares.failure else DELIVERED
     flags = ALT_SPELLING if shares.alt_spelling and draw() < shares.alt_spelling else 0
     plan = [(final_at, code | flags)]
     if shares.duplicate and draw() < shares.duplicate:
-        plan.append((final_at + LATER_S, code | flags | DUPLICATE))
+        plan.append((final_at + LATER_MS, code | flags | DUPLICATE))
     if shares.out_of_order and draw() < shares.out_of_order:
-        plan.append((final_at + 2 * LATER_S, SENT | flags))
+        plan.append((final_at + 2 * LATER_MS, SENT | flags))
     elif shares.sent_first and draw() < shares.sent_first:
-        plan.append((final_at / 2, SENT | flags))
+        plan.append((final_at // 2, SENT | flags))
     return plan
 
 

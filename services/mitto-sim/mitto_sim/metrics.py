@@ -42,12 +42,14 @@ class SimMetrics:
         self.pending.set_function(pending)
         self.stored.set_function(stored)
 
-    def reports_acknowledged(self, entries: Iterable[tuple[float, int, int]]) -> None:
+    def reports_acknowledged(self, spans: Iterable[tuple[int, int, int]]) -> None:
+        """Count acknowledged reports given as (first counter, code, number of messages) spans."""
         by_status = [0, 0, 0]
         duplicates = 0
-        for _, _, code in entries:
-            by_status[code & STATUS_MASK] += 1
-            duplicates += bool(code & DUPLICATE)
+        for _, code, count in spans:
+            by_status[code & STATUS_MASK] += count
+            if code & DUPLICATE:
+                duplicates += count
         for counter, count in zip(self._reports, by_status, strict=True):
             if count:
                 counter.inc(count)

@@ -92,7 +92,7 @@ class Simulator:
         if accepted:
             first = store.add(batch, wall_ms())
             if config.webhook_url:
-                self.dlr.schedule(first, accepted, time.monotonic())
+                self.dlr.schedule(first, accepted)
         rejected = len(results) - accepted
         self.stats.items_accepted += accepted
         self.stats.items_rejected += rejected

@@ -1,4 +1,6 @@
 import re
+from dataclasses import replace
+from typing import Any
 
 import pytest
 from mitto_sim.domain import (
@@ -141,14 +143,16 @@ def test_one_draw_chooses_at_most_one_fault() -> None:
     ]
 
 
-def shares(**overrides: float) -> ReportShares:
-    values = {"delay_s": 1.0, "jitter_s": 0.0, "failure": 0.0, "duplicate": 0.0, "sent_first": 0.0}
-    return ReportShares(**{**values, "out_of_order": 0.0, "alt_spelling": 0.0, **overrides})
+def shares(**overrides: Any) -> ReportShares:
+    return replace(ReportShares(delay_ms=1000, jitter_ms=0, **dict.fromkeys(SHARES, 0.0)), **overrides)
+
+
+SHARES = ("failure", "duplicate", "sent_first", "out_of_order", "alt_spelling")
 
 
 def test_plain_plan_is_one_delivered_report_after_the_delay() -> None:
     assert shares().plain
-    assert plan_reports(lambda: 0.5, shares()) == [(1.0, DELIVERED)]
+    assert plan_reports(lambda: 0.5, shares()) == [(1000, DELIVERED)]
 
 
 def test_failure_duplicate_and_late_sent_reports_are_planned_in_order() -> None:
@@ -158,7 +162,7 @@ def test_failure_duplicate_and_late_sent_reports_are_planned_in_order() -> None:
 
 
 def test_sent_first_precedes_the_final_report() -> None:
-    plan = plan_reports(lambda: 0.0, shares(sent_first=1.0, jitter_s=0.5))
+    plan = plan_reports(lambda: 0.0, shares(sent_first=1.0, jitter_ms=500))
     assert [code for _, code in sorted(plan)] == [SENT, DELIVERED]
 
 
