@@ -1,7 +1,6 @@
 """dlr-ingest: the provider's delivery-report webhook. A report is answered 2xx only once the broker
 has it (acks=all); when the broker cannot take it the answer is 503 so that the provider retries."""
 
-from __future__ import annotations
 
 import asyncio
 import hmac

@@ -1,6 +1,5 @@
 """Enqueuer: the command API (tenants, campaigns, enqueue) and the sms.outcomes consumer."""
 
-from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager

@@ -214,7 +214,8 @@ async def load_run(conn: asyncpg.Connection, run_token: str) -> Run | None:
 async def save_run(conn: asyncpg.Connection, run: Run, at: datetime, finished: bool) -> None:
     await conn.execute(
         """UPDATE runs SET settled = $2, accepted = $3, failed = $4, ambiguous = $5, deferred = $6,
-                           status = $7, last_progress = $8, finished_at = CASE WHEN $9 THEN $8 END
+                           status = $7, last_progress = $8::timestamptz,
+                           finished_at = CASE WHEN $9::boolean THEN $8::timestamptz END
            WHERE run_token = $1""",
         run.token, run.settled, run.accepted, run.failed, run.ambiguous, run.deferred, run.status, at, finished,
     )

@@ -1,6 +1,5 @@
 """Projector: builds the read models from every topic and serves the read API."""
 
-from __future__ import annotations
 
 import hashlib
 import uuid

@@ -158,35 +158,40 @@ async def _apply_outcomes(conn: asyncpg.Connection, outcomes: list[Delivery], de
     for d in outcomes:
         e, cid = d.event, d.envelope.campaign_id or ""
         if isinstance(e, BatchClaimed):
-            was = await conn.fetchval(
-                """WITH prev AS (SELECT status FROM batches WHERE batch_id = $1 FOR UPDATE)
-                   INSERT INTO batches (batch_id, campaign_id, run_token, size, claimed, status)
-                   VALUES ($1, $2, $3, $4, $4, 'processing')
-                   ON CONFLICT (batch_id) DO UPDATE SET status = 'processing', claimed = EXCLUDED.claimed
-                       WHERE batches.status = 'queued'
-                   RETURNING coalesce((SELECT status FROM prev), 'new')""",
-                e.batch_id, cid, e.run_token, len(e.recipient_ids))
-            if was is not None:
-                deltas[cid].processing += len(e.recipient_ids)
+            before = await _lock_batch(conn, e.batch_id)
+            if before is None:
+                await conn.execute(
+                    """INSERT INTO batches (batch_id, campaign_id, run_token, size, claimed, status)
+                       VALUES ($1, $2, $3, $4, $4, 'processing')""", e.batch_id, cid, e.run_token, len(e.recipient_ids))
+            elif before["status"] == "queued":
+                await conn.execute("UPDATE batches SET status = 'processing', claimed = $2 WHERE batch_id = $1",
+                                   e.batch_id, len(e.recipient_ids))
+            else:
+                continue  # claimed before, or already finished
+            deltas[cid].processing += len(e.recipient_ids)
             continue
         assert isinstance(e, BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred)
         status = {BatchSent: "sent", BatchFailed: "failed", BatchAmbiguous: "ambiguous",
                   BatchDeferred: "deferred"}[type(e)]
-        prev = await conn.fetchrow(
-            """WITH prev AS (SELECT status, claimed, recipients FROM batches WHERE batch_id = $1 FOR UPDATE)
-               INSERT INTO batches (batch_id, campaign_id, run_token, size, status)
-               VALUES ($1, $2, $3, 0, $4)
-               ON CONFLICT (batch_id) DO UPDATE SET status = EXCLUDED.status, recipients = NULL
-                   WHERE batches.status IN ('queued', 'processing')
-               RETURNING (SELECT status FROM prev) AS status, (SELECT claimed FROM prev) AS claimed,
-                         (SELECT recipients FROM prev) AS recipients""",
-            e.batch_id, cid, e.run_token, status)
+        prev = await _lock_batch(conn, e.batch_id)
         if prev is None:
+            await conn.execute(
+                "INSERT INTO batches (batch_id, campaign_id, run_token, size, status) VALUES ($1, $2, $3, 0, $4)",
+                e.batch_id, cid, e.run_token, status)
+        elif prev["status"] in ("queued", "processing"):
+            await conn.execute("UPDATE batches SET status = $2, recipients = NULL WHERE batch_id = $1",
+                               e.batch_id, status)
+            if prev["status"] == "processing":
+                deltas[cid].processing -= prev["claimed"]
+        else:
             continue  # this batch already had its outcome: a duplicate
-        if prev["status"] == "processing":
-            deltas[cid].processing -= prev["claimed"]
-        send_rows += _send_rows(cid, e, prev["recipients"])
+        send_rows += _send_rows(cid, e, prev["recipients"] if prev else None)
     await _write_send_results(conn, send_rows, deltas)
+
+
+async def _lock_batch(conn: asyncpg.Connection, batch_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT status, claimed, recipients FROM batches WHERE batch_id = $1 FOR UPDATE",
+                               batch_id)
 
 
 def _send_rows(campaign_id: str, e: Any, members: Any) -> list[SendRow]:

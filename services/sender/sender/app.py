@@ -1,10 +1,10 @@
 """Sender: consumes sms.batches (sending through the ledger) and campaign.events (pause, cancel)."""
 
-from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 from faststream import AckPolicy
@@ -28,6 +28,7 @@ from shared.broker import (
     decode_records,
     fresh_only,
     next_positions,
+    raw_body,
 )
 from shared.events import (
     BatchQueued,
@@ -93,9 +94,9 @@ def create_app(settings: SenderSettings) -> FastAPI:
         session_timeout_ms=settings.kafka.session_timeout_ms,
         heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
         max_poll_interval_ms=30 * 60 * 1000, fetch_max_bytes=FETCH_MAX_BYTES,
-        max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+        max_partition_fetch_bytes=PARTITION_FETCH_BYTES, decoder=raw_body,
     )
-    async def on_batches(body: list[bytes], msg: KafkaMessage) -> None:
+    async def on_batches(body: Any, msg: KafkaMessage) -> None:
         """Send the polled batches concurrently; the ledger, not the position, prevents a second send.
         The position is advanced only when every batch of the poll has an outcome recorded."""
         records = list(msg.raw_message)  # type: ignore[arg-type]

@@ -1,0 +1,51 @@
+# One entry point for people and CI. Every target builds the virtualenv first; nothing is installed by hand.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST  := $(BIN)/pytest
+
+.PHONY: install run test unit integration e2e lint typecheck bench soak chaos migrate clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+run: install  ## broker, database, simulator, the four services and a demo campaign; Ctrl-C stops it all
+	$(BIN)/python -m deploy.local.run
+
+test: install  ## the whole suite (skips benchmarks, soak and chaos)
+	$(PYTEST) -q
+
+unit: install
+	$(PYTEST) -q tests/unit
+
+integration: install
+	$(PYTEST) -q tests/integration
+
+e2e: install
+	$(PYTEST) -q tests/e2e
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install  ## throughput benchmarks: print figures next to the raw component rates
+	$(PYTEST) -q -s -m bench -p no:cacheprovider --timeout 3600
+
+soak: install
+	$(PYTEST) -q -s -m soak --timeout 7200
+
+chaos: install
+	$(PYTEST) -q -s -m chaos --timeout 7200
+
+clean:
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,169 @@
+"""A whole local stack on this machine: broker, database, Mitto simulator and the four services, each its
+own process. Used by `make run`, the end-to-end tests and the benchmarks.
+
+The broker keeps its log in memory, so each stack gets a fresh database too: the broker log and the
+consumer positions stored in PostgreSQL are always born (and die) together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.infra.ports import free_port
+from shared.infra.postgres import PostgresServer, resolve_server
+from shared.infra.tansu import TansuBroker
+
+SERVICES = ("enqueuer", "sender", "dlr-ingest", "projector")
+MODULES = {"enqueuer": "enqueuer", "sender": "sender", "dlr-ingest": "dlr_ingest", "projector": "projector",
+           "mitto-sim": "mitto_sim"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class StackOptions:
+    partitions: int = 6
+    batch_size: int = 5000
+    log_level: str = "INFO"
+    sim: dict[str, str] = field(default_factory=dict)  # MITTO_SIM_* overrides, without the prefix
+    env: dict[str, dict[str, str]] = field(default_factory=dict)  # extra environment per service
+    run_dir: Path = REPO / ".run"
+    quick_rebalance: bool = True  # short session timeouts: tests and local runs, not production
+
+
+@dataclass
+class Process:
+    name: str
+    port: int
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class LocalStack:
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        self.stack_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        self.dir = self.options.run_dir / self.stack_id
+        self.operator_key = f"op_{secrets.token_urlsafe(24)}"
+        self.webhook_secret = secrets.token_urlsafe(24)
+        self.broker = TansuBroker(log_path=self.dir / "broker.log")
+        self.pg: PostgresServer | None = None
+        self.database_url = ""
+        self.database_name = f"smsflow_{self.stack_id.replace('-', '_')}"
+        self.processes = {name: Process(name, free_port()) for name in (*SERVICES, "mitto-sim")}
+
+    def url(self, name: str) -> str:
+        return self.processes[name].url
+
+    async def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.broker.start()  # from this thread: the parent-death signal is tied to it
+        self.pg = await resolve_server(self.options.run_dir / "pgdata")
+        self.database_url = await self.pg.create_database(self.database_name)
+        self._spawn("mitto-sim")
+        await self.wait_ready("mitto-sim", path="/healthz")
+        for name in SERVICES:
+            self._spawn(name)
+        for name in SERVICES:
+            await self.wait_ready(name)
+
+    def environment(self, name: str) -> dict[str, str]:
+        o = self.options
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "MITTO_", "DATABASE_URL"))}
+        env.update({
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": o.log_level,
+            "LOG_JSON": "true",
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_PORT": str(self.processes[name].port),
+            "DATABASE_URL": self.database_url,
+            "OPERATOR_API_KEY": self.operator_key,
+            "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
+            "KAFKA_PARTITIONS": str(o.partitions),
+        })
+        if o.quick_rebalance:
+            env.update({"KAFKA_SESSION_TIMEOUT_MS": "6000", "KAFKA_HEARTBEAT_INTERVAL_MS": "1000"})
+        if name == "enqueuer":
+            env["BATCH_SIZE"] = str(o.batch_size)
+        if name == "sender":
+            env["MITTO_BASE_URL"] = self.url("mitto-sim")
+            env["MITTO_API_KEY"] = "local-sim-key"
+        if name == "dlr-ingest":
+            env["WEBHOOK_SECRETS"] = f'["{self.webhook_secret}"]'
+        if name == "mitto-sim":
+            env.update({
+                "MITTO_SIM_PORT": str(self.processes[name].port),
+                "MITTO_SIM_API_KEY": "local-sim-key",
+                "MITTO_SIM_WEBHOOK_URL": f"{self.url('dlr-ingest')}/webhooks/mitto/dlr",
+                "MITTO_SIM_WEBHOOK_HEADERS": f'{{"X-Webhook-Secret": "{self.webhook_secret}"}}',
+            })
+            env.update({f"MITTO_SIM_{k.upper()}": v for k, v in o.sim.items()})
+        env.update(o.env.get(name, {}))
+        return env
+
+    def _spawn(self, name: str) -> None:
+        log = (self.dir / f"{name}.log").open("ab")
+        self.processes[name].popen = subprocess.Popen(
+            [sys.executable, "-m", MODULES[name]], cwd=REPO, env=self.environment(name), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    async def wait_ready(self, name: str, path: str = "/readyz", timeout: float = 90.0) -> None:
+        proc = self.processes[name]
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if proc.popen is not None and proc.popen.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.popen.returncode}; see {self.dir / (name + '.log')}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(proc.url + path)).status_code == 200:
+                        return
+                await asyncio.sleep(0.2)
+        raise TimeoutError(f"{name} not ready after {timeout:.0f}s; see {self.dir / (name + '.log')}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        popen = self.processes[name].popen
+        if popen is not None and popen.poll() is None:
+            popen.send_signal(sig)
+            popen.wait(timeout=30)
+
+    async def restart(self, name: str) -> None:
+        self.kill(name)
+        self._spawn(name)
+        await self.wait_ready(name, path="/healthz" if name == "mitto-sim" else "/readyz")
+
+    def pids(self) -> dict[str, int]:
+        out = {n: p.popen.pid for n, p in self.processes.items() if p.popen and p.popen.poll() is None}
+        if self.broker.pid:
+            out["broker"] = self.broker.pid
+        return out
+
+    async def stop(self) -> None:
+        for name in (*reversed(SERVICES), "mitto-sim"):
+            popen = self.processes[name].popen
+            if popen is not None and popen.poll() is None:
+                popen.send_signal(signal.SIGTERM)
+        for name in (*SERVICES, "mitto-sim"):
+            popen = self.processes[name].popen
+            if popen is not None:
+                try:
+                    await asyncio.to_thread(popen.wait, 20)
+                except subprocess.TimeoutExpired:
+                    popen.kill()
+        await asyncio.to_thread(self.broker.stop)
+        if self.pg is not None:
+            with contextlib.suppress(Exception):
+                await self.pg.drop_database(self.database_name)
+            self.pg.stop()
