@@ -5,6 +5,7 @@ dead letters, and the batch consumer that applies effect and position in one Pos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 
 from shared import db
 from shared.config import ServiceSettings
+from shared.db import Conn
 from shared.events import DecodeError, Envelope, Event, decode
 from shared.topics import dead_letter_topic
 
@@ -67,13 +69,14 @@ async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int, 
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(t, num_partitions=partitions, replication_factor=replication)
-                   for t in topics if t not in existing]
+        missing = [
+            NewTopic(t, num_partitions=partitions, replication_factor=replication)
+            for t in topics
+            if t not in existing
+        ]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another service created it meanwhile
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another service created it meanwhile
     finally:
         await admin.close()
 
@@ -143,8 +146,15 @@ def decode_records(records: Sequence[Any]) -> tuple[list[Delivery], list[Undecod
 
 
 async def dead_letter(
-    broker: KafkaBroker, consumer: str, *, topic: str, partition: int, offset: int,
-    key: bytes | None, raw: bytes, reason: str,
+    broker: KafkaBroker,
+    consumer: str,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    raw: bytes,
+    reason: str,
 ) -> None:
     """Publish to the consumer's dead-letter topic (awaited: the position moves only after this)."""
     log.warning("dead-lettered %s[%d]@%d for %s: %s", topic, partition, offset, consumer, reason)
@@ -173,7 +183,7 @@ def next_positions(records: Sequence[Any]) -> dict[tuple[str, int], int]:
     return out
 
 
-Apply = Callable[[asyncpg.Connection, Sequence[Delivery]], Awaitable[None]]
+Apply = Callable[[Conn, Sequence[Delivery]], Awaitable[None]]
 
 
 class BatchConsumer:
@@ -185,8 +195,9 @@ class BatchConsumer:
     Transient failures (database or network down) are raised: the batch is rewound and retried.
     """
 
-    def __init__(self, broker: KafkaBroker, pool_ref: Callable[[], asyncpg.Pool], consumer: str,
-                 apply: Apply) -> None:
+    def __init__(
+        self, broker: KafkaBroker, pool_ref: Callable[[], asyncpg.Pool], consumer: str, apply: Apply
+    ) -> None:
         self.broker = broker
         self.pool_ref = pool_ref
         self.consumer = consumer
@@ -211,7 +222,7 @@ class BatchConsumer:
 
     async def handle(self, body: Any, msg: KafkaMessage) -> None:
         try:
-            await self.process(list(msg.raw_message))  # type: ignore[arg-type]
+            await self.process(list(msg.raw_message))
         except TRANSIENT_ERRORS:
             log.exception("%s: transient failure, the batch will be retried", self.consumer)
             await asyncio.sleep(TRANSIENT_BACKOFF_S)
@@ -220,19 +231,29 @@ class BatchConsumer:
     async def process(self, records: Sequence[Any]) -> None:
         pool = self.pool_ref()
         async with pool.acquire() as conn, conn.transaction():
-            positions = await db.load_positions(conn, self.consumer, {(r.topic, r.partition) for r in records})
+            positions = await db.load_positions(
+                conn, self.consumer, {(r.topic, r.partition) for r in records}
+            )
             fresh = fresh_only(records, positions)
             if not fresh:
                 return
             good, bad = decode_records(fresh)
             for u in bad:
-                await dead_letter(self.broker, self.consumer, topic=u.topic, partition=u.partition,
-                                  offset=u.offset, key=u.key, raw=u.raw, reason=u.reason)
+                await dead_letter(
+                    self.broker,
+                    self.consumer,
+                    topic=u.topic,
+                    partition=u.partition,
+                    offset=u.offset,
+                    key=u.key,
+                    raw=u.raw,
+                    reason=u.reason,
+                )
             if good:
                 await self._apply_or_isolate(conn, good)
             await db.save_positions(conn, self.consumer, next_positions(fresh))
 
-    async def _apply_or_isolate(self, conn: asyncpg.Connection, good: list[Delivery]) -> None:
+    async def _apply_or_isolate(self, conn: Conn, good: list[Delivery]) -> None:
         try:
             async with conn.transaction():
                 await self.apply(conn, good)
@@ -248,6 +269,13 @@ class BatchConsumer:
             except TRANSIENT_ERRORS:
                 raise
             except Exception as exc:
-                await dead_letter(self.broker, self.consumer, topic=d.topic, partition=d.partition,
-                                  offset=d.offset, key=d.key, raw=d.raw,
-                                  reason=f"{type(exc).__name__}: {exc}")
+                await dead_letter(
+                    self.broker,
+                    self.consumer,
+                    topic=d.topic,
+                    partition=d.partition,
+                    offset=d.offset,
+                    key=d.key,
+                    raw=d.raw,
+                    reason=f"{type(exc).__name__}: {exc}",
+                )

@@ -10,16 +10,18 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from shared.events import Envelope, encode
 
 Pool = asyncpg.Pool
-Connection = asyncpg.Connection
+# A connection as handed out by a pool or opened directly; every store function takes either.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 OUTBOX_CHANNEL = "outbox"
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _init_connection(conn: Conn) -> None:
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=_json_text, decoder=orjson.loads, schema="pg_catalog")
 
@@ -92,7 +94,7 @@ async def apply_migrations(dsn: str, schema: str, packages: Sequence[str]) -> li
 
 
 async def load_positions(
-    conn: asyncpg.Connection, consumer: str, partitions: Iterable[tuple[str, int]]
+    conn: Conn, consumer: str, partitions: Iterable[tuple[str, int]]
 ) -> dict[tuple[str, int], int]:
     """Lock and read the stored next offsets of these partitions (0 where none is stored).
 
@@ -118,7 +120,7 @@ async def load_positions(
     return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
 
-async def save_positions(conn: asyncpg.Connection, consumer: str, positions: dict[tuple[str, int], int]) -> None:
+async def save_positions(conn: Conn, consumer: str, positions: dict[tuple[str, int], int]) -> None:
     """Advance positions; never moves one backwards."""
     if not positions:
         return
@@ -134,7 +136,7 @@ async def save_positions(conn: asyncpg.Connection, consumer: str, positions: dic
     )
 
 
-async def all_positions(conn: asyncpg.Connection) -> list[tuple[str, str, int, int]]:
+async def all_positions(conn: Conn) -> list[tuple[str, str, int, int]]:
     rows = await conn.fetch("SELECT consumer, topic, partition, next_offset FROM consumer_position")
     return [(r["consumer"], r["topic"], r["partition"], r["next_offset"]) for r in rows]
 
@@ -152,7 +154,7 @@ class OutboxMessage:
         return self.topic, self.key.encode() if self.key is not None else None, encode(self.envelope)
 
 
-async def add_outbox(conn: asyncpg.Connection, messages: Sequence[OutboxMessage]) -> None:
+async def add_outbox(conn: Conn, messages: Sequence[OutboxMessage]) -> None:
     """Write events in the caller's transaction; the relay publishes them after commit, in id order."""
     if not messages:
         return

@@ -8,6 +8,7 @@ within the schema's outbox is kept even with several replicas of a service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -25,8 +26,9 @@ IDLE_WAIT_S = 1.0
 
 
 class OutboxRelay:
-    def __init__(self, dsn: str, schema: str, broker: KafkaBroker,
-                 on_published: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, dsn: str, schema: str, broker: KafkaBroker, on_published: Callable[[int], None] | None = None
+    ) -> None:
         self.dsn = dsn
         self.schema = schema
         self.broker = broker
@@ -52,8 +54,9 @@ class OutboxRelay:
     async def _run_connected(self) -> None:
         conn = await asyncpg.connect(self.dsn, server_settings={"search_path": self.schema})
         try:
-            lock = int.from_bytes(hashlib.sha256(f"outbox:{self.schema}".encode()).digest()[:8], "big",
-                                  signed=True)
+            lock = int.from_bytes(
+                hashlib.sha256(f"outbox:{self.schema}".encode()).digest()[:8], "big", signed=True
+            )
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock):
                 await self._sleep(2.0)
                 if self._stopping.is_set():
@@ -73,10 +76,8 @@ class OutboxRelay:
         self._wake.set()
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
     async def relay_once(self, conn: asyncpg.Connection) -> int:
         rows = await conn.fetch(

@@ -17,8 +17,14 @@ from shared.logs import configure_logging
 S = TypeVar("S", bound=ServiceSettings)
 
 
-def main(name: str, schema: str, migrations: Sequence[str], settings_factory: Callable[[], S],
-         app_factory: Callable[[S], FastAPI], argv: Sequence[str] | None = None) -> None:
+def main(
+    name: str,
+    schema: str,
+    migrations: Sequence[str],
+    settings_factory: Callable[[], S],
+    app_factory: Callable[[S], FastAPI],
+    argv: Sequence[str] | None = None,
+) -> None:
     parser = argparse.ArgumentParser(prog=name)
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
     args = parser.parse_args(argv)
@@ -31,5 +37,13 @@ def main(name: str, schema: str, migrations: Sequence[str], settings_factory: Ca
         applied = asyncio.run(db.apply_migrations(settings.database_url, schema, migrations))
         print(f"{name}: applied {len(applied)} migration(s)" + "".join(f"\n  {m}" for m in applied))
         return
-    uvicorn.run(app_factory(settings), host=settings.http_host, port=settings.http_port, loop="uvloop",
-                http="httptools", access_log=False, log_config=None, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app_factory(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )

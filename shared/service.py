@@ -23,8 +23,15 @@ class ServiceRuntime:
     """Pool, broker, outbox relay and metrics registry of one service; built by `create_app`, started by
     its lifespan, so nothing connects at import and tests build their own."""
 
-    def __init__(self, settings: ServiceSettings, *, name: str, schema: str | None,
-                 migrations: Sequence[str] = (), outbox: bool = True) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        name: str,
+        schema: str | None,
+        migrations: Sequence[str] = (),
+        outbox: bool = True,
+    ) -> None:
         """`schema=None`: a service without a database (no pool, migrations, outbox or positions)."""
         self.settings = settings
         self.name = name
@@ -32,9 +39,14 @@ class ServiceRuntime:
         self.migrations = list(migrations)
         self.broker = make_broker(settings, name)
         self.registry = CollectorRegistry()
-        self.outbox_published = Counter("outbox_published_total", "Outbox rows published", registry=self.registry)
-        self.relay = (OutboxRelay(settings.database_url, schema, self.broker, self.outbox_published.inc)
-                      if outbox and schema else None)
+        self.outbox_published = Counter(
+            "outbox_published_total", "Outbox rows published", registry=self.registry
+        )
+        self.relay = (
+            OutboxRelay(settings.database_url, schema, self.broker, self.outbox_published.inc)
+            if outbox and schema
+            else None
+        )
         self._pool: asyncpg.Pool | None = None
         self._relay_task: asyncio.Task[None] | None = None
 
@@ -50,10 +62,15 @@ class ServiceRuntime:
             applied = await db.apply_migrations(s.database_url, self.schema, self.migrations)
             if applied:
                 log.info("applied migrations", extra={"migrations": applied})
-            self._pool = await db.create_pool(s.database_url, self.schema, min_size=s.db_pool_min,
-                                              max_size=s.db_pool_max)
-        await ensure_topics(s.kafka.bootstrap_servers, all_topics_with_dead_letters(), s.kafka.partitions,
-                            s.kafka.replication_factor)
+            self._pool = await db.create_pool(
+                s.database_url, self.schema, min_size=s.db_pool_min, max_size=s.db_pool_max
+            )
+        await ensure_topics(
+            s.kafka.bootstrap_servers,
+            all_topics_with_dead_letters(),
+            s.kafka.partitions,
+            s.kafka.replication_factor,
+        )
         if self._pool is not None:
             await assert_positions_within_log(self._pool, s.kafka.bootstrap_servers)
         await self.broker.start()

@@ -21,10 +21,13 @@ _SPACES = re.compile(r"[ \t]+")
 
 # Accepted spellings of each placeholder, matched case-insensitively (both seed systems' forms).
 PLACEHOLDER_ALIASES = {
-    "firstname": "first_name", "first_name": "first_name",
-    "lastname": "last_name", "last_name": "last_name",
+    "firstname": "first_name",
+    "first_name": "first_name",
+    "lastname": "last_name",
+    "last_name": "last_name",
     "email": "email",
-    "discountcode": "discount_code", "discount_code": "discount_code",
+    "discountcode": "discount_code",
+    "discount_code": "discount_code",
 }
 
 

@@ -34,43 +34,65 @@ class OrjsonResponse(JSONResponse):
 
 
 def error_body(request: Request, code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"code": code, "message": message, "requestId": getattr(request.state, "request_id", None), **extra}
+    return {
+        "code": code,
+        "message": message,
+        "requestId": getattr(request.state, "request_id", None),
+        **extra,
+    }
 
 
-_HTTP_CODES = {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
-               405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
 
 
-def install_common(app: FastAPI, *, registry: CollectorRegistry,
-                   readiness: dict[str, ReadinessCheck]) -> None:
+def install_common(
+    app: FastAPI, *, registry: CollectorRegistry, readiness: dict[str, ReadinessCheck]
+) -> None:
     """Error handlers, request ids, `/healthz`, `/readyz` and `/metrics` on `app`."""
-    latency = Histogram("http_request_seconds", "HTTP request latency", ["method", "route", "status"],
-                        registry=registry)
+    latency = Histogram(
+        "http_request_seconds", "HTTP request latency", ["method", "route", "status"], registry=registry
+    )
 
     @app.middleware("http")
-    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def request_context(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
-        latency.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).observe(
-            time.perf_counter() - started)
+        latency.labels(
+            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
+        ).observe(time.perf_counter() - started)
         response.headers["x-request-id"] = request.state.request_id
         return response
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> Response:
         headers = {"Retry-After": str(exc.extra.pop("retry_after"))} if "retry_after" in exc.extra else None
-        return OrjsonResponse(error_body(request, exc.code, exc.message, **exc.extra), status_code=exc.status,
-                              headers=headers)
+        return OrjsonResponse(
+            error_body(request, exc.code, exc.message, **exc.extra), status_code=exc.status, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
-        problems = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "problem": e.get("msg")}
-                    for e in exc.errors()]
+        problems = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "problem": e.get("msg")}
+            for e in exc.errors()
+        ]
         first = problems[0] if problems else {"field": "", "problem": "invalid"}
         message = f"{first['field'] or 'body'}: {first['problem']}"
-        return OrjsonResponse(error_body(request, "VALIDATION_ERROR", message, errors=problems), status_code=400)
+        return OrjsonResponse(
+            error_body(request, "VALIDATION_ERROR", message, errors=problems), status_code=400
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -19,8 +19,13 @@ def greek_mobiles(start: int, count: int) -> list[str]:
     return [f"+30694{n:07d}" for n in range(start, start + count)]
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 120.0, every: float = 0.5,
-                     what: str = "condition") -> Any:
+async def eventually(
+    check: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = 120.0,
+    every: float = 0.5,
+    what: str = "condition",
+) -> Any:
     """Poll until `check` returns something truthy; fail with the last value seen."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -41,18 +46,24 @@ class Api:
         await self.http.aclose()
 
     async def new_tenant(self, name: str = "Demo shop", channel: str = "retail") -> tuple[str, str]:
-        r = await self.http.post(f"{self.stack.url('enqueuer')}/api/tenants", json={"name": name, "channel": channel},
-                                 headers={"X-Api-Key": self.stack.operator_key})
+        r = await self.http.post(
+            f"{self.stack.url('enqueuer')}/api/tenants",
+            json={"name": name, "channel": channel},
+            headers={"X-Api-Key": self.stack.operator_key},
+        )
         assert r.status_code == 201, r.text
         body = r.json()
         return body["tenant"]["id"], body["apiKey"]
 
-    async def new_campaign(self, key: str, phones: list[str], text: str = "Hi {{first_name}}, 20% off today!",
-                           **extra: Any) -> str:
+    async def new_campaign(
+        self, key: str, phones: list[str], text: str = "Hi {{first_name}}, 20% off today!", **extra: Any
+    ) -> str:
         recipients = [{"phone": p, "firstName": f"Guest{i}"} for i, p in enumerate(phones)]
-        r = await self.http.post(f"{self.stack.url('enqueuer')}/api/campaigns",
-                                 json={"name": "Autumn sale", "text": text, "recipients": recipients, **extra},
-                                 headers={"X-Api-Key": key})
+        r = await self.http.post(
+            f"{self.stack.url('enqueuer')}/api/campaigns",
+            json={"name": "Autumn sale", "text": text, "recipients": recipients, **extra},
+            headers={"X-Api-Key": key},
+        )
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
@@ -60,14 +71,16 @@ class Api:
         headers = {"X-Api-Key": key}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
-        return await self.http.post(f"{self.stack.url('enqueuer')}/api/campaigns/{campaign_id}/enqueue",
-                                    headers=headers)
+        return await self.http.post(
+            f"{self.stack.url('enqueuer')}/api/campaigns/{campaign_id}/enqueue", headers=headers
+        )
 
     async def status(self, key: str, campaign_id: str, *, not_yet_ok: bool = False) -> dict[str, Any]:
         """The projector's status body. With `not_yet_ok`, {} while the projector has not yet seen the
         tenant's key or the campaign (the read side follows the log)."""
-        r = await self.http.get(f"{self.stack.url('projector')}/api/campaigns/{campaign_id}/status",
-                                headers={"X-Api-Key": key})
+        r = await self.http.get(
+            f"{self.stack.url('projector')}/api/campaigns/{campaign_id}/status", headers={"X-Api-Key": key}
+        )
         if not_yet_ok and r.status_code in (401, 404):
             return {}
         assert r.status_code == 200, r.text
@@ -78,7 +91,9 @@ class Api:
         assert r.status_code == 200, r.text
         return dict(r.json())
 
-    async def wait_status(self, key: str, campaign_id: str, status: str, timeout: float = 180.0) -> dict[str, Any]:
+    async def wait_status(
+        self, key: str, campaign_id: str, status: str, timeout: float = 180.0
+    ) -> dict[str, Any]:
         async def reached() -> dict[str, Any] | None:
             body = await self.status(key, campaign_id, not_yet_ok=True)
             return body if body and body["campaign"]["status"] == status else None
@@ -92,7 +107,7 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int]
     try:
         tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or set())]
         if not tps:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - first call has no metadata yet
+            await consumer._client.force_metadata_update()
             tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or set())]
         return {(tp.topic, tp.partition): o for tp, o in (await consumer.end_offsets(tps)).items()}
     finally:
@@ -105,8 +120,10 @@ async def caught_up(stack: LocalStack, consumers: dict[tuple[str, str], list[str
     try:
         for (schema, consumer), topics in consumers.items():
             ends = await end_offsets(stack.broker.bootstrap, topics)
-            rows = await conn.fetch(f"SELECT topic, partition, next_offset FROM {schema}.consumer_position "
-                                    "WHERE consumer = $1", consumer)
+            rows = await conn.fetch(
+                f"SELECT topic, partition, next_offset FROM {schema}.consumer_position WHERE consumer = $1",
+                consumer,
+            )
             stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
             if any(end > stored.get(tp, 0) for tp, end in ends.items()):
                 return False
@@ -118,15 +135,19 @@ async def caught_up(stack: LocalStack, consumers: dict[tuple[str, str], list[str
 async def records_of(bootstrap: str, topic: str, key: bytes) -> list[tuple[bytes | None, bytes]]:
     """Every record of `topic` with `key`, read from the start with no consumer group."""
     ends = await end_offsets(bootstrap, [topic])
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
     await consumer.start()
     out: list[tuple[bytes | None, bytes]] = []
     try:
         tps = [TopicPartition(t, p) for (t, p), end in ends.items() if end > 0]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps}
+        remaining = set(tps)
         while remaining:
             batch = await consumer.getmany(timeout_ms=1000)
             for tp, recs in batch.items():
@@ -139,8 +160,9 @@ async def records_of(bootstrap: str, topic: str, key: bytes) -> list[tuple[bytes
 
 
 async def republish(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=8 * 1024 * 1024,
-                                compression_type="lz4")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", max_request_size=8 * 1024 * 1024, compression_type="lz4"
+    )
     await producer.start()
     try:
         await asyncio.gather(*[await producer.send(topic, value, key=key) for key, value in records])

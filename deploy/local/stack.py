@@ -25,8 +25,13 @@ from shared.infra.postgres import PostgresServer, resolve_server
 from shared.infra.tansu import TansuBroker
 
 SERVICES = ("enqueuer", "sender", "dlr-ingest", "projector")
-MODULES = {"enqueuer": "enqueuer", "sender": "sender", "dlr-ingest": "dlr_ingest", "projector": "projector",
-           "mitto-sim": "mitto_sim"}
+MODULES = {
+    "enqueuer": "enqueuer",
+    "sender": "sender",
+    "dlr-ingest": "dlr_ingest",
+    "projector": "projector",
+    "mitto-sim": "mitto_sim",
+}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -83,17 +88,19 @@ class LocalStack:
     def environment(self, name: str) -> dict[str, str]:
         o = self.options
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "MITTO_", "DATABASE_URL"))}
-        env.update({
-            "PYTHONUNBUFFERED": "1",
-            "LOG_LEVEL": o.log_level,
-            "LOG_JSON": "true",
-            "HTTP_HOST": "127.0.0.1",
-            "HTTP_PORT": str(self.processes[name].port),
-            "DATABASE_URL": self.database_url,
-            "OPERATOR_API_KEY": self.operator_key,
-            "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
-            "KAFKA_PARTITIONS": str(o.partitions),
-        })
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "LOG_LEVEL": o.log_level,
+                "LOG_JSON": "true",
+                "HTTP_HOST": "127.0.0.1",
+                "HTTP_PORT": str(self.processes[name].port),
+                "DATABASE_URL": self.database_url,
+                "OPERATOR_API_KEY": self.operator_key,
+                "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
+                "KAFKA_PARTITIONS": str(o.partitions),
+            }
+        )
         if o.quick_rebalance:
             env.update({"KAFKA_SESSION_TIMEOUT_MS": "6000", "KAFKA_HEARTBEAT_INTERVAL_MS": "1000"})
         if name == "enqueuer":
@@ -104,12 +111,14 @@ class LocalStack:
         if name == "dlr-ingest":
             env["WEBHOOK_SECRETS"] = f'["{self.webhook_secret}"]'
         if name == "mitto-sim":
-            env.update({
-                "MITTO_SIM_PORT": str(self.processes[name].port),
-                "MITTO_SIM_API_KEY": "local-sim-key",
-                "MITTO_SIM_WEBHOOK_URL": f"{self.url('dlr-ingest')}/webhooks/mitto/dlr",
-                "MITTO_SIM_WEBHOOK_HEADERS": f'{{"X-Webhook-Secret": "{self.webhook_secret}"}}',
-            })
+            env.update(
+                {
+                    "MITTO_SIM_PORT": str(self.processes[name].port),
+                    "MITTO_SIM_API_KEY": "local-sim-key",
+                    "MITTO_SIM_WEBHOOK_URL": f"{self.url('dlr-ingest')}/webhooks/mitto/dlr",
+                    "MITTO_SIM_WEBHOOK_HEADERS": f'{{"X-Webhook-Secret": "{self.webhook_secret}"}}',
+                }
+            )
             env.update({f"MITTO_SIM_{k.upper()}": v for k, v in o.sim.items()})
         env.update(o.env.get(name, {}))
         return env
@@ -117,8 +126,13 @@ class LocalStack:
     def _spawn(self, name: str) -> None:
         log = (self.dir / f"{name}.log").open("ab")
         self.processes[name].popen = subprocess.Popen(
-            [sys.executable, "-m", MODULES[name]], cwd=REPO, env=self.environment(name), stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", MODULES[name]],
+            cwd=REPO,
+            env=self.environment(name),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     async def wait_ready(self, name: str, path: str = "/readyz", timeout: float = 90.0) -> None:
         proc = self.processes[name]
@@ -126,7 +140,9 @@ class LocalStack:
         async with httpx.AsyncClient(timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if proc.popen is not None and proc.popen.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.popen.returncode}; see {self.dir / (name + '.log')}")
+                    raise RuntimeError(
+                        f"{name} exited with {proc.popen.returncode}; see {self.dir / (name + '.log')}"
+                    )
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(proc.url + path)).status_code == 200:
                         return

@@ -12,8 +12,13 @@ from tests.support import Api, caught_up, eventually, greek_mobiles, records_of,
 CONSUMERS = {
     ("sender", "sender"): ["sms.batches"],
     ("enqueuer", "enqueuer"): ["sms.outcomes"],
-    ("projector", "projector"): ["tenant.events", "campaign.events", "sms.batches", "sms.outcomes",
-                                 "delivery.reports"],
+    ("projector", "projector"): [
+        "tenant.events",
+        "campaign.events",
+        "sms.batches",
+        "sms.outcomes",
+        "delivery.reports",
+    ],
 }
 
 
@@ -48,7 +53,9 @@ async def test_ten_thousand_recipients_complete_with_exact_counts(api: Api, fini
     r = await api.enqueue(key, campaign)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["ok"] is True and body["queued"] == 10_000 and body["enqueuedJobs"] == 2
+    assert body["ok"] is True
+    assert body["queued"] == 10_000
+    assert body["enqueuedJobs"] == 2
 
     done = await api.wait_status(key, campaign, "completed")
     assert done["stats"]["total"] == 10_000
@@ -65,12 +72,15 @@ async def test_ten_thousand_recipients_complete_with_exact_counts(api: Api, fini
     final = await eventually(all_reports_projected, what="every delivery report projected")
     assert final["deliveryStatus"] == {"Delivered": 9_900}
     sends = await api.sim(f"/sim/sends?campaign={campaign}")
-    assert sends["phones"] == 9_900 and sends["sends"] == 9_900 and sends["max_per_phone"] == 1
+    assert sends["phones"] == 9_900
+    assert sends["sends"] == 9_900
+    assert sends["max_per_phone"] == 1
     finished.update(campaign=campaign, key=key)
 
 
-async def test_second_enqueue_and_redelivered_events_change_nothing(stack: LocalStack, api: Api,
-                                                                     finished: dict[str, str]) -> None:
+async def test_second_enqueue_and_redelivered_events_change_nothing(
+    stack: LocalStack, api: Api, finished: dict[str, str]
+) -> None:
     if not finished:
         pytest.skip("needs the finished campaign of the previous test")
     campaign, key = finished["campaign"], finished["key"]
@@ -78,11 +88,13 @@ async def test_second_enqueue_and_redelivered_events_change_nothing(stack: Local
     before_sim = await api.sim("/sim/stats")
 
     again = await api.enqueue(key, campaign)
-    assert again.status_code == 409 and again.json()["code"] == "INVALID_STATUS"
+    assert again.status_code == 409
+    assert again.json()["code"] == "INVALID_STATUS"
 
     batches = await records_of(stack.broker.bootstrap, "sms.batches", campaign.encode())
     outcomes = await records_of(stack.broker.bootstrap, "sms.outcomes", campaign.encode())
-    assert len(batches) == 2 and len(outcomes) >= 4  # two claims and two results at least
+    assert len(batches) == 2
+    assert len(outcomes) >= 4
     await republish(stack.broker.bootstrap, "sms.batches", batches)
     await republish(stack.broker.bootstrap, "sms.outcomes", outcomes)
     await eventually(lambda: caught_up(stack, CONSUMERS), what="every consumer past the redelivered events")

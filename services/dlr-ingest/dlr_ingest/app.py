@@ -1,7 +1,6 @@
 """dlr-ingest: the provider's delivery-report webhook. A report is answered 2xx only once the broker
 has it (acks=all); when the broker cannot take it the answer is 503 so that the provider retries."""
 
-
 import asyncio
 import hmac
 import logging
@@ -26,11 +25,18 @@ RETRY_AFTER_S = 5
 
 def create_app(settings: DlrIngestSettings) -> FastAPI:
     rt = ServiceRuntime(settings, name="dlr-ingest", schema=None)
-    received = Counter("dlr_reports_received_total", "Reports accepted and published, by mapped status",
-                       ["status"], registry=rt.registry)
-    rejected = Counter("dlr_requests_rejected_total", "Requests refused, by reason", ["reason"], registry=rt.registry)
-    publish_seconds = Histogram("dlr_publish_seconds", "Time for the broker to acknowledge a request's reports",
-                                registry=rt.registry)
+    received = Counter(
+        "dlr_reports_received_total",
+        "Reports accepted and published, by mapped status",
+        ["status"],
+        registry=rt.registry,
+    )
+    rejected = Counter(
+        "dlr_requests_rejected_total", "Requests refused, by reason", ["reason"], registry=rt.registry
+    )
+    publish_seconds = Histogram(
+        "dlr_publish_seconds", "Time for the broker to acknowledge a request's reports", registry=rt.registry
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -40,8 +46,12 @@ def create_app(settings: DlrIngestSettings) -> FastAPI:
         finally:
             await rt.stop()
 
-    app = FastAPI(title="SMS delivery-report ingest", version="1", lifespan=lifespan,
-                  default_response_class=OrjsonResponse)
+    app = FastAPI(
+        title="SMS delivery-report ingest",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
     install_common(app, registry=rt.registry, readiness=rt.readiness())
 
     def refuse(status: int, code: str, message: str, **extra: object) -> ApiError:
@@ -61,11 +71,21 @@ def create_app(settings: DlrIngestSettings) -> FastAPI:
         at = datetime.now(UTC)
         pending = []
         for r in reports:
-            event = DeliveryReported(provider_message_id=r.message_id, raw_status=r.raw_status, status=r.status,
-                                     error=r.error, provider_time=r.provider_time, received_at=at, source="webhook")
+            event = DeliveryReported(
+                provider_message_id=r.message_id,
+                raw_status=r.raw_status,
+                status=r.status,
+                error=r.error,
+                provider_time=r.provider_time,
+                received_at=at,
+                source="webhook",
+            )
             raw = encode(envelope_for(event, occurred_at=at, tenant_id=None))
-            pending.append(await rt.broker.publish(raw, topic=DELIVERY_REPORTS, key=r.message_id.encode(),
-                                                   no_confirm=True))
+            pending.append(
+                await rt.broker.publish(
+                    raw, topic=DELIVERY_REPORTS, key=r.message_id.encode(), no_confirm=True
+                )
+            )
         await asyncio.gather(*pending)
 
     @app.post("/webhooks/mitto/dlr", status_code=202)
@@ -83,8 +103,12 @@ def create_app(settings: DlrIngestSettings) -> FastAPI:
             await asyncio.wait_for(publish(reports), timeout=settings.publish_timeout_s)
         except Exception as exc:
             log.warning("could not publish %d delivery reports: %r", len(reports), exc)
-            raise refuse(503, "BROKER_UNAVAILABLE", "The reports could not be recorded; retry later.",
-                         retry_after=RETRY_AFTER_S) from None
+            raise refuse(
+                503,
+                "BROKER_UNAVAILABLE",
+                "The reports could not be recorded; retry later.",
+                retry_after=RETRY_AFTER_S,
+            ) from None
         publish_seconds.observe(asyncio.get_running_loop().time() - started)
         for r in reports:
             received.labels(r.status.value).inc()

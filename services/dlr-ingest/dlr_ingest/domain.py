@@ -12,8 +12,21 @@ from shared.events import DeliveryStatus
 
 # Matched case-insensitively; anything else is kept raw, treated as non-final and counted.
 DELIVERED = frozenset({"delivered", "delivrd", "completed", "ok", "success"})
-FAILED = frozenset({"failure", "failed", "undelivered", "undeliv", "expired", "rejected", "rejectd", "error",
-                    "deleted", "unknown_error", "blocked"})
+FAILED = frozenset(
+    {
+        "failure",
+        "failed",
+        "undelivered",
+        "undeliv",
+        "expired",
+        "rejected",
+        "rejectd",
+        "error",
+        "deleted",
+        "unknown_error",
+        "blocked",
+    }
+)
 SENT = frozenset({"sent", "queued", "accepted", "acceptd", "submitted", "enroute", "pending", "buffered"})
 
 
@@ -66,16 +79,25 @@ def _report(item: Any, index: int) -> Report:
         raise BadReport("INVALID_REPORT", f"{where}: not an object")
     message_id = item.get("messageId")
     if not isinstance(message_id, str) or not message_id.strip() or len(message_id) > 100:
-        raise BadReport("INVALID_REPORT", f"{where}: messageId must be a non-empty string of at most 100 characters")
+        raise BadReport(
+            "INVALID_REPORT", f"{where}: messageId must be a non-empty string of at most 100 characters"
+        )
     raw = item.get("deliveryStatus", item.get("status"))
     if not isinstance(raw, str) or not raw.strip() or len(raw) > 64:
         raise BadReport("INVALID_REPORT", f"{where}: deliveryStatus (or status) must be a non-empty string")
-    error = next((item[k] for k in ("error", "errorcode", "description") if item.get(k) not in (None, "")), None)
+    error = next(
+        (item[k] for k in ("error", "errorcode", "description") if item.get(k) not in (None, "")), None
+    )
     if error is not None and not isinstance(error, str | int):
         raise BadReport("INVALID_REPORT", f"{where}: error must be a string or a number")
     stamp = item.get("updatedAt", item.get("timestamp"))
-    return Report(message_id.strip(), raw.strip(), map_status(raw), None if error is None else str(error)[:500],
-                  _time(stamp, where))
+    return Report(
+        message_id.strip(),
+        raw.strip(),
+        map_status(raw),
+        None if error is None else str(error)[:500],
+        _time(stamp, where),
+    )
 
 
 def _time(value: Any, where: str) -> datetime | None:

@@ -12,7 +12,9 @@ class DlrIngestSettings(ServiceSettings):
     http_port: int = 8003
     webhook_secret_header: str = "X-Webhook-Secret"
     webhook_secrets: list[str] = Field(
-        default_factory=list, description="accepted shared secrets (two during a rotation); empty disables the check")
+        default_factory=list,
+        description="accepted shared secrets (two during a rotation); empty disables the check",
+    )
     max_body_bytes: int = 1024 * 1024
     max_reports_per_request: int = 5000
     publish_timeout_s: float = 10.0

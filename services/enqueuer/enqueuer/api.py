@@ -27,8 +27,16 @@ class InlineRecipient(Body):
     discount_code: str | None = Field(default=None, max_length=100)
 
     def values(self) -> dict[str, str]:
-        return {k: v for k, v in (("first_name", self.first_name), ("last_name", self.last_name),
-                                  ("email", self.email), ("discount_code", self.discount_code)) if v}
+        return {
+            k: v
+            for k, v in (
+                ("first_name", self.first_name),
+                ("last_name", self.last_name),
+                ("email", self.email),
+                ("discount_code", self.discount_code),
+            )
+            if v
+        }
 
 
 class CampaignIn(Body):

@@ -35,8 +35,11 @@ def check_enqueuable(status: str) -> None:
     if status == "sending":
         raise Refused(409, "ALREADY_SENDING", "The campaign is already sending.")
     if status not in ENQUEUABLE:
-        raise Refused(409, "INVALID_STATUS",
-                      f"A campaign in status '{status}' cannot be sent; only draft, scheduled or paused can.")
+        raise Refused(
+            409,
+            "INVALID_STATUS",
+            f"A campaign in status '{status}' cannot be sent; only draft, scheduled or paused can.",
+        )
 
 
 def normalise_phone(raw: str, region: str) -> str:
@@ -109,7 +112,9 @@ class Settlement:
     campaign_status: str | None  # new campaign status, when the run decides it
 
 
-def settle_batch(run: Run, outcome: BatchOutcome, *, campaign_accepted_before: int, at: datetime) -> Settlement:
+def settle_batch(
+    run: Run, outcome: BatchOutcome, *, campaign_accepted_before: int, at: datetime
+) -> Settlement:
     """Count one batch's first outcome into its run and decide whether the run is over.
 
     A run is completed when every batch has an outcome and none is ambiguous; failed when nobody in the
@@ -128,10 +133,12 @@ def settle_batch(run: Run, outcome: BatchOutcome, *, campaign_accepted_before: i
         return Settlement(updated, False, (), None)
     if campaign_accepted_before + updated.accepted == 0:
         done = replace(updated, status="failed")
-        event: Event = CampaignFailed(run_token=run.token, reason="every recipient failed",
-                                      failed=updated.failed, finished_at=at)
+        event: Event = CampaignFailed(
+            run_token=run.token, reason="every recipient failed", failed=updated.failed, finished_at=at
+        )
         return Settlement(done, True, (event,), "failed")
     done = replace(updated, status="completed")
-    event = CampaignCompleted(run_token=run.token, accepted=updated.accepted, failed=updated.failed,
-                              finished_at=at)
+    event = CampaignCompleted(
+        run_token=run.token, accepted=updated.accepted, failed=updated.failed, finished_at=at
+    )
     return Settlement(done, True, (event,), "completed")

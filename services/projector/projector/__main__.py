@@ -2,4 +2,4 @@ from projector.app import MIGRATIONS, SCHEMA, create_app
 from projector.settings import ProjectorSettings
 from shared.runner import main
 
-main("projector", SCHEMA, MIGRATIONS, ProjectorSettings, create_app)  # type: ignore[arg-type]
+main("projector", SCHEMA, MIGRATIONS, ProjectorSettings, create_app)

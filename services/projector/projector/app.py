@@ -1,6 +1,5 @@
 """Projector: builds the read models from every topic and serves the read API."""
 
-
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -35,8 +34,9 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         finally:
             await rt.stop()
 
-    app = FastAPI(title="SMS campaign read API", version="1", lifespan=lifespan,
-                  default_response_class=OrjsonResponse)
+    app = FastAPI(
+        title="SMS campaign read API", version="1", lifespan=lifespan, default_response_class=OrjsonResponse
+    )
     install_common(app, registry=rt.registry, readiness=rt.readiness())
 
     async def viewer(request: Request) -> str | None:
@@ -44,7 +44,9 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         auth = request.headers.get("authorization", "")
         key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
         if not key:
-            raise ApiError(401, "UNAUTHORIZED", "Send an API key as 'Authorization: Bearer <key>' or 'X-Api-Key'.")
+            raise ApiError(
+                401, "UNAUTHORIZED", "Send an API key as 'Authorization: Bearer <key>' or 'X-Api-Key'."
+            )
         if settings.operator_api_key and key == settings.operator_api_key:
             return None
         async with rt.pool.acquire() as conn:

@@ -81,15 +81,22 @@ class CampaignDelta:
             self.breakdown[state.raw_status] += sign
 
     def is_empty(self) -> bool:
-        return not (self.accepted or self.rejected or self.ambiguous or self.delivered or self.delivery_failed
-                    or self.processing or any(self.breakdown.values()))
+        return not (
+            self.accepted
+            or self.rejected
+            or self.ambiguous
+            or self.delivered
+            or self.delivery_failed
+            or self.processing
+            or any(self.breakdown.values())
+        )
 
 
 def stats(row: dict[str, Any]) -> dict[str, int]:
     """The canonical counts, one meaning each.
 
     accepted: the provider returned a message id. sent: accepted and not reported failed.
-    failed: rejected at send or reported failed. processed = sent + failed. pendingDelivery = sent − delivered.
+    failed: rejected at send or reported failed. processed = sent + failed. pendingDelivery = sent - delivered.
     """
     accepted, rejected = row["accepted"], row["rejected"]
     delivered, delivery_failed = row["delivered"], row["delivery_failed"]

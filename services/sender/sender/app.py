@@ -1,15 +1,13 @@
 """Sender: consumes sms.batches (sending through the ledger) and campaign.events (pause, cancel)."""
 
-
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
+from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
-from fastapi import FastAPI
 from prometheus_client import Counter, Histogram
 
 from sender import store
@@ -30,6 +28,7 @@ from shared.broker import (
     next_positions,
     raw_body,
 )
+from shared.db import Conn
 from shared.events import (
     BatchQueued,
     CampaignCancelled,
@@ -50,11 +49,18 @@ CONTROL_CONSUMER = "sender.control"
 
 class PrometheusSendMetrics:
     def __init__(self, rt: ServiceRuntime) -> None:
-        self.batches = Counter("sender_batches_total", "Batches finished, by outcome", ["status"], registry=rt.registry)
-        self.recipients = Counter("sender_recipients_total", "Recipients in finished batches, by outcome",
-                                  ["status"], registry=rt.registry)
-        self.calls = Histogram("sender_provider_call_seconds", "Provider bulk call latency", ["outcome"],
-                               registry=rt.registry)
+        self.batches = Counter(
+            "sender_batches_total", "Batches finished, by outcome", ["status"], registry=rt.registry
+        )
+        self.recipients = Counter(
+            "sender_recipients_total",
+            "Recipients in finished batches, by outcome",
+            ["status"],
+            registry=rt.registry,
+        )
+        self.calls = Histogram(
+            "sender_provider_call_seconds", "Provider bulk call latency", ["outcome"], registry=rt.registry
+        )
 
     def batch_done(self, status: str, recipients: int) -> None:
         self.batches.labels(status).inc()
@@ -64,7 +70,7 @@ class PrometheusSendMetrics:
         self.calls.labels(outcome).observe(seconds)
 
 
-async def apply_control(conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
+async def apply_control(conn: Conn, deliveries: Sequence[Delivery]) -> None:
     """Keep the latest run and status of each campaign, for deferring batches of paused/cancelled runs."""
     for d in deliveries:
         campaign_id, e = d.envelope.campaign_id, d.event
@@ -82,31 +88,52 @@ async def apply_control(conn: asyncpg.Connection, deliveries: Sequence[Delivery]
 
 def create_app(settings: SenderSettings) -> FastAPI:
     rt = ServiceRuntime(settings, name="sender", schema=SCHEMA, migrations=MIGRATIONS)
-    mitto = MittoClient(settings.mitto_base_url, settings.mitto_api_key,
-                        connect_timeout=settings.mitto_connect_timeout_s, read_timeout=settings.mitto_read_timeout_s,
-                        max_connections=settings.max_concurrent_bulk_calls * 2)
+    mitto = MittoClient(
+        settings.mitto_base_url,
+        settings.mitto_api_key,
+        connect_timeout=settings.mitto_connect_timeout_s,
+        read_timeout=settings.mitto_read_timeout_s,
+        max_connections=settings.max_concurrent_bulk_calls * 2,
+    )
     sender = BatchSender(lambda: rt.pool, mitto, settings, PrometheusSendMetrics(rt))
-    BatchConsumer(rt.broker, lambda: rt.pool, CONTROL_CONSUMER, apply_control).subscribe(settings, CAMPAIGN_EVENTS)
+    BatchConsumer(rt.broker, lambda: rt.pool, CONTROL_CONSUMER, apply_control).subscribe(
+        settings, CAMPAIGN_EVENTS
+    )
 
     @rt.broker.subscriber(
-        SMS_BATCHES, group_id=BATCHES_CONSUMER, batch=True, max_records=settings.batches_per_poll,
-        batch_timeout_ms=20, auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR,
+        SMS_BATCHES,
+        group_id=BATCHES_CONSUMER,
+        batch=True,
+        max_records=settings.batches_per_poll,
+        batch_timeout_ms=20,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
         session_timeout_ms=settings.kafka.session_timeout_ms,
         heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
-        max_poll_interval_ms=30 * 60 * 1000, fetch_max_bytes=FETCH_MAX_BYTES,
-        max_partition_fetch_bytes=PARTITION_FETCH_BYTES, decoder=raw_body,
+        max_poll_interval_ms=30 * 60 * 1000,
+        fetch_max_bytes=FETCH_MAX_BYTES,
+        max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+        decoder=raw_body,
     )
     async def on_batches(body: Any, msg: KafkaMessage) -> None:
         """Send the polled batches concurrently; the ledger, not the position, prevents a second send.
         The position is advanced only when every batch of the poll has an outcome recorded."""
-        records = list(msg.raw_message)  # type: ignore[arg-type]
+        records = list(msg.raw_message)
         try:
             async with rt.pool.acquire() as conn:
                 fresh = fresh_only(records, await store.stored_positions(conn, BATCHES_CONSUMER))
             good, bad = decode_records(fresh)
             for u in bad:
-                await dead_letter(rt.broker, BATCHES_CONSUMER, topic=u.topic, partition=u.partition, offset=u.offset,
-                                  key=u.key, raw=u.raw, reason=u.reason)
+                await dead_letter(
+                    rt.broker,
+                    BATCHES_CONSUMER,
+                    topic=u.topic,
+                    partition=u.partition,
+                    offset=u.offset,
+                    key=u.key,
+                    raw=u.raw,
+                    reason=u.reason,
+                )
             results = await asyncio.gather(*(send_one(d) for d in good), return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
@@ -120,8 +147,16 @@ def create_app(settings: SenderSettings) -> FastAPI:
 
     async def send_one(d: Delivery) -> None:
         if not isinstance(d.event, BatchQueued):
-            await dead_letter(rt.broker, BATCHES_CONSUMER, topic=d.topic, partition=d.partition, offset=d.offset,
-                              key=d.key, raw=d.raw, reason=f"unexpected {d.envelope.type} on {SMS_BATCHES}")
+            await dead_letter(
+                rt.broker,
+                BATCHES_CONSUMER,
+                topic=d.topic,
+                partition=d.partition,
+                offset=d.offset,
+                key=d.key,
+                raw=d.raw,
+                reason=f"unexpected {d.envelope.type} on {SMS_BATCHES}",
+            )
             return
         await sender.handle(d.envelope, d.event)
 

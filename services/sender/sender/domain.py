@@ -45,30 +45,52 @@ class Prepared:
     parts: list[int]
 
 
-def prepare(batch: BatchQueued, recipients: list[BatchRecipient], *, campaign_id: str, traffic_account: str,
-            default_sender: str) -> Prepared:
+def prepare(
+    batch: BatchQueued,
+    recipients: list[BatchRecipient],
+    *,
+    campaign_id: str,
+    traffic_account: str,
+    default_sender: str,
+) -> Prepared:
     """The provider request items, in the order the results will come back."""
     sender = batch.sender_id or default_sender
     messages, parts = [], []
     for r in recipients:
         text = render(batch.template, r.values)
-        messages.append({"trafficAccountId": traffic_account, "destination": r.phone,
-                         "sms": {"text": text, "sender": sender}, "reference": f"{campaign_id}:{r.id}"})
+        messages.append(
+            {
+                "trafficAccountId": traffic_account,
+                "destination": r.phone,
+                "sms": {"text": text, "sender": sender},
+                "reference": f"{campaign_id}:{r.id}",
+            }
+        )
         parts.append(segments(text).parts)
     return Prepared(messages, parts)
 
 
-def backoff_seconds(attempt: int, *, base: float, cap: float, retry_after: float | None, jitter: float) -> float:
+def backoff_seconds(
+    attempt: int, *, base: float, cap: float, retry_after: float | None, jitter: float
+) -> float:
     """Full-jitter exponential backoff; never shorter than the provider's Retry-After. `jitter` in [0, 1)."""
-    delay = min(cap, base * (2 ** (attempt - 1))) * jitter
+    delay = min(cap, base * 2.0 ** (attempt - 1)) * jitter
     return max(delay, retry_after or 0.0)
 
 
-def results_of_send(claimed: list[BatchRecipient], parts: list[int], accepted: Accepted,
-                    duplicates: dict[int, tuple[str, str]]) -> tuple[RecipientResult, ...]:
+def results_of_send(
+    claimed: list[BatchRecipient],
+    parts: list[int],
+    accepted: Accepted,
+    duplicates: dict[int, tuple[str, str]],
+) -> tuple[RecipientResult, ...]:
     """Per-recipient results by array position, plus the suppressed duplicates."""
-    out = [RecipientResult(id=r.id, phone=r.phone, message_id=item.message_id, parts=p, error=item.error)
-           for r, p, item in zip(claimed, parts, accepted.items, strict=True)]
-    out += [RecipientResult(id=rid, phone=phone, error="already handed to the provider", duplicate_of=batch)
-            for rid, (phone, batch) in duplicates.items()]
+    out = [
+        RecipientResult(id=r.id, phone=r.phone, message_id=item.message_id, parts=p, error=item.error)
+        for r, p, item in zip(claimed, parts, accepted.items, strict=True)
+    ]
+    out += [
+        RecipientResult(id=rid, phone=phone, error="already handed to the provider", duplicate_of=batch)
+        for rid, (phone, batch) in duplicates.items()
+    ]
     return tuple(out)

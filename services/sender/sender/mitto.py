@@ -51,12 +51,22 @@ class MittoClient:
     SINGLE_PATH = "/api/v1.1/Messages/send"
     STATUS_PATH = "/api/v1.1/Messages/{message_id}"
 
-    def __init__(self, base_url: str, api_key: str, *, connect_timeout: float = 5.0, read_timeout: float = 30.0,
-                 max_connections: int = 32, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        max_connections: int = 32,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.client = httpx.AsyncClient(
             base_url=base_url,
             headers={"X-Mitto-API-Key": api_key, "Content-Type": "application/json"},
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout),
+            timeout=httpx.Timeout(
+                connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
+            ),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
         )
@@ -75,8 +85,10 @@ class MittoClient:
             if len(items) != len(messages):
                 return Ambiguous(f"provider answered {len(items)} results for {len(messages)} messages")
             results = tuple(
-                ItemResult(i.get("messageId") or None,
-                           None if i.get("messageId") else str(i.get("error") or "no messageId in provider result"))
+                ItemResult(
+                    i.get("messageId") or None,
+                    None if i.get("messageId") else str(i.get("error") or "no messageId in provider result"),
+                )
                 for i in items
             )
             return Accepted(body.get("bulkId"), results)
@@ -89,7 +101,9 @@ class MittoClient:
             return outcome
         try:
             item = orjson.loads(outcome.content)["messages"][0]
-            return Accepted(None, (ItemResult(item.get("messageId"), None if item.get("messageId") else "no messageId"),))
+            return Accepted(
+                None, (ItemResult(item.get("messageId"), None if item.get("messageId") else "no messageId"),)
+            )
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             return Ambiguous(f"unreadable provider answer: {exc}")
 
@@ -111,10 +125,16 @@ class MittoClient:
             return Ambiguous(f"{type(exc).__name__} after the request was sent")
         status = response.status_code
         if status == 429:
-            return NotSent(retry=True, error="provider rate limit (429)", status=429,
-                           retry_after=_seconds(response.headers.get("retry-after")))
+            return NotSent(
+                retry=True,
+                error="provider rate limit (429)",
+                status=429,
+                retry_after=_seconds(response.headers.get("retry-after")),
+            )
         if 400 <= status < 500:
-            return NotSent(retry=False, error=f"provider refused ({status}): {response.text[:500]}", status=status)
+            return NotSent(
+                retry=False, error=f"provider refused ({status}): {response.text[:500]}", status=status
+            )
         if status >= 500:
             return Ambiguous(f"provider error {status} after the request was sent")
         return response
