@@ -102,6 +102,7 @@ class CampaignCreated(Event):
     message_type: MessageType
     channel: Channel
     created_at: datetime
+    offer_url: str | None = None
 
 
 class CampaignUpdated(Event):
@@ -110,6 +111,7 @@ class CampaignUpdated(Event):
     sender_id: str | None
     message_type: MessageType
     updated_at: datetime
+    offer_url: str | None = None
 
 
 class CampaignScheduled(Event):
@@ -192,6 +194,7 @@ class BatchQueued(Event):
     template: str
     message_type: MessageType
     recipients: tuple[BatchRecipient, ...]
+    offer_url: str | None = None  # marketing messages then carry a per-recipient tracked offer link
 
 
 # --- sms.outcomes ------------------------------------------------------------------------------------

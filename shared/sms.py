@@ -47,6 +47,27 @@ def render(template: str, values: dict[str, str]) -> str:
     return "\n".join(_SPACES.sub(" ", line).strip() for line in filled.split("\n")).strip()
 
 
+def compose(
+    template: str,
+    values: dict[str, str],
+    *,
+    marketing: bool,
+    offer_link: str | None,
+    unsubscribe_link: str | None,
+) -> str:
+    """The text a recipient receives: the rendered template, then for marketing messages the offer link
+    (when the campaign has one) and the unsubscribe link. Service messages get neither."""
+    text = render(template, values)
+    if not marketing:
+        return text
+    lines = [text]
+    if offer_link:
+        lines.append(f"Claim Offer: {offer_link}")
+    if unsubscribe_link:
+        lines.append(f"To unsubscribe, tap: {unsubscribe_link}")
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class Segments:
     encoding: Literal["GSM-7", "UCS-2"]

@@ -64,6 +64,7 @@ class LocalStack:
         self.dir = self.options.run_dir / self.stack_id
         self.operator_key = f"op_{secrets.token_urlsafe(24)}"
         self.webhook_secret = secrets.token_urlsafe(24)
+        self.links_secret = secrets.token_urlsafe(24)
         self.broker = TansuBroker(log_path=self.dir / "broker.log")
         self.pg: PostgresServer | None = None
         self.database_url = ""

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sender.mitto import Accepted
-from shared.events import BatchQueued, BatchRecipient, RecipientResult
-from shared.sms import render, segments
+from shared.events import BatchQueued, BatchRecipient, MessageType, RecipientResult
+from shared.links import LinkSettings, link_url, make_token
+from shared.sms import compose, segments
 
 OUTCOME_NAMESPACE = uuid.UUID("6f1d3c1e-0c4b-4b7e-9a51-2f0d5c3b8e10")
 
@@ -52,12 +53,26 @@ def prepare(
     campaign_id: str,
     traffic_account: str,
     default_sender: str,
+    links: LinkSettings,
 ) -> Prepared:
     """The provider request items, in the order the results will come back."""
     sender = batch.sender_id or default_sender
+    marketing = batch.message_type == MessageType.MARKETING
     messages, parts = [], []
     for r in recipients:
-        text = render(batch.template, r.values)
+        text = compose(
+            batch.template,
+            r.values,
+            marketing=marketing,
+            offer_link=link_url(links.base_url, "offer", make_token(links.secret, "offer", r.id))
+            if marketing and batch.offer_url
+            else None,
+            unsubscribe_link=link_url(
+                links.base_url, "unsubscribe", make_token(links.secret, "unsubscribe", r.id)
+            )
+            if marketing
+            else None,
+        )
         messages.append(
             {
                 "trafficAccountId": traffic_account,

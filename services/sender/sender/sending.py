@@ -112,6 +112,7 @@ class BatchSender:
             campaign_id=campaign_id,
             traffic_account=self.settings.mitto_traffic_account_id,
             default_sender=self.settings.mitto_sender,
+            links=self.settings.links,
         )
         outcome, attempts = (
             (await self._send_with_retries(prepared.messages)) if claimed else (Accepted(None, ()), 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from shared.config import ServiceSettings
+from shared.links import LinkSettings
 
 
 class SenderSettings(ServiceSettings):
@@ -24,3 +25,4 @@ class SenderSettings(ServiceSettings):
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     batches_per_poll: int = 16
+    links: LinkSettings = Field(default_factory=LinkSettings)
