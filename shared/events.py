@@ -92,6 +92,13 @@ class SubscriptionChanged(Event):
     status: Literal["active", "inactive"]
 
 
+class CreditsToppedUp(Event):
+    """Credits added to a tenant's balance (purchase, grant); `reference` is the caller's, e.g. an invoice."""
+
+    credits: int
+    reference: str | None = None
+
+
 # --- campaign.events ---------------------------------------------------------------------------------
 
 
@@ -156,6 +163,15 @@ class CampaignFailed(Event):
     reason: str
     failed: int
     finished_at: datetime
+
+
+class CampaignEnqueueRefused(Event):
+    """A scheduled send or a pending resume could not start (credits, subscription, audience); the campaign
+    keeps its status and the tenant sees why."""
+
+    code: str
+    message: str
+    refused_at: datetime
 
 
 class CreditsReserved(Event):
@@ -296,6 +312,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ApiKeyIssued,
         ApiKeyRevoked,
         SubscriptionChanged,
+        CreditsToppedUp,
         CampaignCreated,
         CampaignUpdated,
         CampaignScheduled,
@@ -305,6 +322,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CampaignCancelled,
         CampaignCompleted,
         CampaignFailed,
+        CampaignEnqueueRefused,
         CreditsReserved,
         CreditsDebited,
         CreditsReleased,
