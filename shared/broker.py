@@ -52,9 +52,15 @@ async def raw_body(msg: Any) -> Any:
     return msg.body
 
 
+def bootstrap_list(servers: str) -> list[str]:
+    """`a:9092,b:9092` as a list. FastStream wraps a plain string into a one-element list, which aiokafka
+    would then read as one host named `a:9092,b`: a cluster's bootstrap must be split first."""
+    return [s.strip() for s in servers.split(",") if s.strip()]
+
+
 def make_broker(settings: ServiceSettings, client_id: str) -> KafkaBroker:
     return KafkaBroker(
-        settings.kafka.bootstrap_servers,
+        bootstrap_list(settings.kafka.bootstrap_servers),
         client_id=client_id,
         logger=logging.getLogger("smsflow.kafka"),
         log_level=logging.DEBUG,  # FastStream logs every message at this level; keep it out of INFO
