@@ -5,9 +5,12 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST  := $(BIN)/pytest
 
-.PHONY: install run test unit integration e2e lint typecheck bench soak chaos migrate clean
+.PHONY: install browser run test unit integration e2e lint typecheck bench soak chaos migrate clean
 
 install: $(STAMP)
+
+browser:  ## Debian's Chromium for the dashboard's browser tests (skipped, with the reason, when unavailable)
+	@scripts/install-browser.sh
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +22,7 @@ $(STAMP): pyproject.toml requirements.lock
 run: install  ## broker, database, simulator, the four services and a demo campaign; Ctrl-C stops it all
 	$(BIN)/python -m deploy.local.run
 
-test: install  ## the whole suite (skips benchmarks, soak and chaos)
+test: install browser  ## the whole suite (skips benchmarks, soak and chaos)
 	$(PYTEST) -q
 
 unit: install
@@ -28,7 +31,7 @@ unit: install
 integration: install
 	$(PYTEST) -q tests/integration
 
-e2e: install
+e2e: install browser
 	$(PYTEST) -q tests/e2e
 
 lint: install
