@@ -277,6 +277,27 @@ class BatchDeferred(Event):
     at: datetime
 
 
+class BatchResolved(Event):
+    """Final results for recipients of an ambiguous batch (BatchAmbiguous), which hold their run until then.
+
+    `resolution` says how they became known: `provider_answer` (the provider's answer arrived after the
+    batch had been declared ambiguous), `status_lookup` (message ids were known and looked up),
+    `operator_fail` (an operator declared them failed; they may have been delivered and are never sent
+    again) or `operator_resend` (an operator decided the batch did not go out and it was sent again).
+    A result with `message_id` was accepted; one without failed with `error`. A batch may be resolved in
+    several steps: `remaining` recipients of it are still ambiguous after this event (0 = settled).
+    """
+
+    batch_id: str
+    run_token: str
+    resolution: Literal["provider_answer", "status_lookup", "operator_fail", "operator_resend"]
+    bulk_id: str | None = None
+    results: tuple[RecipientResult, ...]
+    remaining: int
+    retry_count: int = 0
+    resolved_at: datetime
+
+
 # --- delivery.reports --------------------------------------------------------------------------------
 
 
@@ -332,6 +353,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BatchFailed,
         BatchAmbiguous,
         BatchDeferred,
+        BatchResolved,
         DeliveryReported,
         LinkClicked,
         ContactUnsubscribed,
