@@ -21,7 +21,7 @@ ALL_TOPICS: Final = (
 )
 
 # Consumer groups; each has a dead-letter topic of its own.
-CONSUMERS: Final = ("enqueuer", "sender", "projector")
+CONSUMERS: Final = ("enqueuer", "sender", "projector", "dlr-ingest")
 
 
 def dead_letter_topic(consumer: str) -> str:

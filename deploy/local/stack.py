@@ -100,6 +100,8 @@ class LocalStack:
                 "OPERATOR_API_KEY": self.operator_key,
                 "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
                 "KAFKA_PARTITIONS": str(o.partitions),
+                "LINKS_SECRET": self.links_secret,
+                "LINKS_BASE_URL": self.url("dlr-ingest"),
             }
         )
         if o.quick_rebalance:
@@ -111,6 +113,9 @@ class LocalStack:
             env["MITTO_API_KEY"] = "local-sim-key"
         if name == "dlr-ingest":
             env["WEBHOOK_SECRETS"] = f'["{self.webhook_secret}"]'
+            env["PROJECTOR_URL"] = self.url("projector")
+            env["MITTO_BASE_URL"] = self.url("mitto-sim")
+            env["MITTO_API_KEY"] = "local-sim-key"
         if name == "mitto-sim":
             env.update(
                 {
