@@ -44,6 +44,8 @@ class StackOptions:
     env: dict[str, dict[str, str]] = field(default_factory=dict)  # extra environment per service
     run_dir: Path = REPO / ".run"
     quick_rebalance: bool = True  # short session timeouts: tests and local runs, not production
+    # Processes per service (default 1). Replicas of a consumer share its group and so its partitions.
+    replicas: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,9 +72,21 @@ class LocalStack:
         self.database_url = ""
         self.database_name = f"smsflow_{self.stack_id.replace('-', '_')}"
         self.processes = {name: Process(name, free_port()) for name in (*SERVICES, "mitto-sim")}
+        # Replica 0 of each service is `processes[name]`; the others are named `name-2`, `name-3`, ...
+        self.replicas: dict[str, list[Process]] = {
+            name: [proc]
+            + [Process(f"{name}-{i}", free_port()) for i in range(2, self.options.replicas.get(name, 1) + 1)]
+            for name, proc in self.processes.items()
+        }
 
-    def url(self, name: str) -> str:
-        return self.processes[name].url
+    def url(self, name: str, replica: int = 0) -> str:
+        return self.replicas[name][replica].url
+
+    def alive(self, name: str) -> list[int]:
+        """Indexes of the replicas of `name` whose process is running."""
+        return [
+            i for i, p in enumerate(self.replicas[name]) if p.popen is not None and p.popen.poll() is None
+        ]
 
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -82,11 +96,13 @@ class LocalStack:
         self._spawn("mitto-sim")
         await self.wait_ready("mitto-sim", path="/healthz")
         for name in SERVICES:
-            self._spawn(name)
+            for replica in range(len(self.replicas[name])):
+                self._spawn(name, replica)
         for name in SERVICES:
-            await self.wait_ready(name)
+            for replica in range(len(self.replicas[name])):
+                await self.wait_ready(name, replica=replica)
 
-    def environment(self, name: str) -> dict[str, str]:
+    def environment(self, name: str, replica: int = 0) -> dict[str, str]:
         o = self.options
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "MITTO_", "DATABASE_URL"))}
         env.update(
@@ -95,7 +111,7 @@ class LocalStack:
                 "LOG_LEVEL": o.log_level,
                 "LOG_JSON": "true",
                 "HTTP_HOST": "127.0.0.1",
-                "HTTP_PORT": str(self.processes[name].port),
+                "HTTP_PORT": str(self.replicas[name][replica].port),
                 "DATABASE_URL": self.database_url,
                 "OPERATOR_API_KEY": self.operator_key,
                 "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
@@ -129,56 +145,68 @@ class LocalStack:
         env.update(o.env.get(name, {}))
         return env
 
-    def _spawn(self, name: str) -> None:
-        log = (self.dir / f"{name}.log").open("ab")
-        self.processes[name].popen = subprocess.Popen(
+    def _spawn(self, name: str, replica: int = 0) -> None:
+        proc = self.replicas[name][replica]
+        log = (self.dir / f"{proc.name}.log").open("ab")
+        proc.popen = subprocess.Popen(
             [sys.executable, "-m", MODULES[name]],
             cwd=REPO,
-            env=self.environment(name),
+            env=self.environment(name, replica),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
-    async def wait_ready(self, name: str, path: str = "/readyz", timeout: float = 90.0) -> None:
-        proc = self.processes[name]
+    async def wait_ready(
+        self, name: str, path: str = "/readyz", timeout: float = 90.0, *, replica: int = 0
+    ) -> None:
+        proc = self.replicas[name][replica]
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if proc.popen is not None and proc.popen.poll() is not None:
                     raise RuntimeError(
-                        f"{name} exited with {proc.popen.returncode}; see {self.dir / (name + '.log')}"
+                        f"{proc.name} exited with {proc.popen.returncode}; see {self.dir / (proc.name + '.log')}"
                     )
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(proc.url + path)).status_code == 200:
                         return
                 await asyncio.sleep(0.2)
-        raise TimeoutError(f"{name} not ready after {timeout:.0f}s; see {self.dir / (name + '.log')}")
+        raise TimeoutError(
+            f"{proc.name} not ready after {timeout:.0f}s; see {self.dir / (proc.name + '.log')}"
+        )
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        popen = self.processes[name].popen
+    def kill(self, name: str, sig: int = signal.SIGKILL, *, replica: int = 0) -> None:
+        """Signal one process and wait for it to end (SIGTERM: after its graceful shutdown)."""
+        popen = self.replicas[name][replica].popen
         if popen is not None and popen.poll() is None:
             popen.send_signal(sig)
             popen.wait(timeout=30)
 
-    async def restart(self, name: str) -> None:
-        self.kill(name)
-        self._spawn(name)
-        await self.wait_ready(name, path="/healthz" if name == "mitto-sim" else "/readyz")
+    async def restart(self, name: str, *, replica: int = 0) -> None:
+        self.kill(name, replica=replica)
+        self._spawn(name, replica)
+        await self.wait_ready(name, path="/healthz" if name == "mitto-sim" else "/readyz", replica=replica)
 
     def pids(self) -> dict[str, int]:
-        out = {n: p.popen.pid for n, p in self.processes.items() if p.popen and p.popen.poll() is None}
+        out = {
+            p.name: p.popen.pid
+            for procs in self.replicas.values()
+            for p in procs
+            if p.popen and p.popen.poll() is None
+        }
         if self.broker.pid:
             out["broker"] = self.broker.pid
         return out
 
     async def stop(self) -> None:
-        for name in (*reversed(SERVICES), "mitto-sim"):
-            popen = self.processes[name].popen
+        every = [p for name in (*reversed(SERVICES), "mitto-sim") for p in self.replicas[name]]
+        for proc in every:
+            popen = proc.popen
             if popen is not None and popen.poll() is None:
                 popen.send_signal(signal.SIGTERM)
-        for name in (*SERVICES, "mitto-sim"):
-            popen = self.processes[name].popen
+        for proc in every:
+            popen = proc.popen
             if popen is not None:
                 try:
                     await asyncio.to_thread(popen.wait, 20)
