@@ -1,4 +1,4 @@
-"""Every SQL statement of the enqueuer (asyncpg)."""
+"""SQL of recipients, runs, their batches, the outbox rows the planner writes itself, idempotency keys."""
 
 from __future__ import annotations
 
@@ -9,117 +9,23 @@ from typing import Any
 
 import asyncpg
 
-from enqueuer.domain import Run
-from shared.db import Conn
+from enqueuer.domain import PlannedBatch, Run
+from shared.db import OUTBOX_CHANNEL, Conn
+
+# --- recipients --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Tenant:
-    id: str
-    name: str
-    channel: str
-    default_region: str
-    sender_id: str | None
-    subscription_status: str
-
-
-@dataclass(frozen=True)
-class Campaign:
-    id: str
-    tenant_id: str
-    name: str
-    text: str
-    sender_id: str | None
-    message_type: str
-    status: str
-    run_token: str | None
-
-
-async def insert_tenant(conn: Conn, t: Tenant, created_at: datetime) -> None:
-    await conn.execute(
-        """INSERT INTO tenants (id, name, channel, default_region, sender_id, subscription_status, created_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        t.id,
-        t.name,
-        t.channel,
-        t.default_region,
-        t.sender_id,
-        t.subscription_status,
-        created_at,
-    )
-
-
-async def insert_api_key(
-    conn: Conn, key_id: str, tenant_id: str, key_hash: str, created_at: datetime
-) -> None:
-    await conn.execute(
-        "INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES ($1, $2, $3, $4)",
-        key_id,
-        tenant_id,
-        key_hash,
-        created_at,
-    )
-
-
-async def tenant_for_key(conn: Conn, key_hash: str) -> Tenant | None:
-    row = await conn.fetchrow(
-        """SELECT t.id::text AS id, t.name, t.channel, t.default_region, t.sender_id, t.subscription_status
-           FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-           WHERE k.key_hash = $1 AND k.revoked_at IS NULL""",
-        key_hash,
-    )
-    return Tenant(**dict(row)) if row else None
-
-
-async def insert_campaign(conn: Conn, c: Campaign, at: datetime) -> None:
-    await conn.execute(
-        """INSERT INTO campaigns (id, tenant_id, name, text, sender_id, message_type, status, created_at, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)""",
-        c.id,
-        c.tenant_id,
-        c.name,
-        c.text,
-        c.sender_id,
-        c.message_type,
-        c.status,
-        at,
-    )
-
-
-async def insert_audience(conn: Conn, campaign_id: str, rows: Sequence[tuple[str, dict[str, str]]]) -> None:
-    await conn.execute(
-        """INSERT INTO campaign_audience (campaign_id, phone, "values")
-           SELECT $1, p, v FROM unnest($2::text[], $3::jsonb[]) AS u(p, v)
-           ON CONFLICT DO NOTHING""",
-        campaign_id,
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-    )
-
-
-_CAMPAIGN_COLUMNS = """id::text AS id, tenant_id::text AS tenant_id, name, text, sender_id, message_type,
-                       status, run_token"""
-
-
-async def lock_campaign(conn: Conn, tenant_id: str, campaign_id: str) -> Campaign | None:
-    """Row-lock the tenant's campaign without waiting: a concurrent command holding it raises
-    `asyncpg.LockNotAvailableError`, which the caller answers with 409."""
-    row = await conn.fetchrow(
-        f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1 AND tenant_id = $2 FOR UPDATE NOWAIT",
-        campaign_id,
-        tenant_id,
-    )
-    return Campaign(**dict(row)) if row else None
-
-
-async def materialise_from_audience(conn: Conn, campaign_id: str) -> int:
-    """Create recipients once per (campaign, phone); returns how many were new."""
+async def materialise_inline(conn: Conn, campaign_id: str, tenant_id: str) -> int:
+    """Create recipients from the inline audience once per (campaign, phone), leaving out opted-out phones."""
     status = await conn.execute(
         """INSERT INTO recipients (campaign_id, phone, "values")
-           SELECT campaign_id, phone, "values" FROM campaign_audience WHERE campaign_id = $1
-           ORDER BY phone
+           SELECT a.campaign_id, a.phone, a."values" FROM campaign_audience a
+           WHERE a.campaign_id = $1 AND NOT EXISTS (
+               SELECT 1 FROM contacts c WHERE c.tenant_id = $2 AND c.phone = a.phone AND c.opted_out_at IS NOT NULL)
+           ORDER BY a.phone
            ON CONFLICT (campaign_id, phone) DO NOTHING""",
         campaign_id,
+        tenant_id,
     )
     return int(status.split()[-1])
 
@@ -137,67 +43,305 @@ async def count_recipients(conn: Conn, campaign_id: str, state: str | None = Non
 async def stream_recipients(
     conn: Conn, campaign_id: str, state: str, chunk: int
 ) -> AsyncIterator[list[asyncpg.Record]]:
-    """Recipients in `state`, in id order, `chunk` rows at a time (a server-side cursor: the audience
-    is never held in memory). Must run inside a transaction."""
+    """(id, phone, values as JSON text) of recipients in `state`, in id order, `chunk` rows at a time, from a
+    server-side cursor: the audience is never held in memory. Must run inside a transaction."""
     cursor = await conn.cursor(
-        """SELECT id, phone, "values" FROM recipients WHERE campaign_id = $1 AND state = $2 ORDER BY id""",
+        """SELECT id, phone, "values"::text FROM recipients WHERE campaign_id = $1 AND state = $2 ORDER BY id""",
         campaign_id,
         state,
+        prefetch=chunk,
     )
     while rows := await cursor.fetch(chunk):
         yield rows
 
 
-async def start_run(conn: Conn, run: Run, kind: str, batch_size: int, at: datetime) -> None:
-    await conn.execute(
-        """INSERT INTO runs (run_token, campaign_id, kind, total, batch_count, batch_size, started_at,
-                             last_progress)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $7)""",
-        run.token,
-        run.campaign_id,
-        kind,
-        run.total,
-        run.batch_count,
-        batch_size,
-        at,
+async def recipients_by_id(conn: Conn, ids: Sequence[int]) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT id, phone, "values"::text FROM recipients WHERE id = ANY($1::bigint[]) ORDER BY id""",
+        list(ids),
     )
 
 
-async def insert_run_batches(conn: Conn, run_token: str, batches: Sequence[tuple[str, int, int]]) -> None:
+async def requeue_failed(conn: Conn, campaign_id: str) -> int:
+    status = await conn.execute(
+        "UPDATE recipients SET state = 'queued' WHERE campaign_id = $1 AND state = 'failed'", campaign_id
+    )
+    return int(status.split()[-1])
+
+
+async def set_recipient_state(conn: Conn, campaign_id: str, ids: Sequence[int], state: str) -> None:
+    if ids:
+        await conn.execute(
+            "UPDATE recipients SET state = $3 WHERE campaign_id = $1 AND id = ANY($2::bigint[])",
+            campaign_id,
+            list(ids),
+            state,
+        )
+
+
+async def recipient_counts(conn: Conn, campaign_id: str) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY state", campaign_id
+    )
+    return {r["state"]: r["n"] for r in rows}
+
+
+# --- the outbox, written directly by the planner (pre-encoded batches) --------------------------------
+
+
+async def add_outbox_raw(conn: Conn, rows: Sequence[tuple[str, bytes, bytes]]) -> list[int]:
+    """Insert (topic, key, value) rows; returns their ids (their publication order)."""
+    ids = await conn.fetch(
+        """INSERT INTO outbox (topic, key, value)
+           SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) RETURNING id""",
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+    )
+    await conn.execute("SELECT pg_notify($1, current_schema())", OUTBOX_CHANNEL)
+    return [r["id"] for r in ids]
+
+
+async def rewrite_outbox(conn: Conn, outbox_id: int, value: bytes) -> None:
+    """Fill in a row reserved earlier in the same (uncommitted) transaction: the relay cannot see it yet."""
+    await conn.execute("UPDATE outbox SET value = $2 WHERE id = $1", outbox_id, value)
+
+
+# --- runs and batches --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    run: Run
+    tenant_id: str
+    kind: str
+    batch_size: int
+    template: str
+    sender_id: str | None
+    message_type: str
+    offer_url: str | None
+    reservation_expires_at: datetime
+
+
+async def start_run(conn: Conn, plan: RunPlan, at: datetime) -> None:
+    r = plan.run
     await conn.execute(
-        """INSERT INTO run_batches (batch_id, run_token, batch_no, size)
-           SELECT b, $1, n, s FROM unnest($2::text[], $3::int[], $4::int[]) AS u(b, n, s)""",
+        """INSERT INTO runs (run_token, campaign_id, kind, total, batch_count, batch_size, started_at,
+                             last_progress, tenant_id, template, sender_id, message_type, offer_url,
+                             credits_reserved, reservation_open, reservation_expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, true, $14)""",
+        r.token,
+        r.campaign_id,
+        plan.kind,
+        r.total,
+        r.batch_count,
+        plan.batch_size,
+        at,
+        plan.tenant_id,
+        plan.template,
+        plan.sender_id,
+        plan.message_type,
+        plan.offer_url,
+        r.credits_reserved,
+        plan.reservation_expires_at,
+    )
+
+
+async def insert_run_batches(
+    conn: Conn, run_token: str, batches: Sequence[tuple[str, int, int, int, list[int]]]
+) -> None:
+    """(batch id, number, size, cost, recipient ids) per batch."""
+    await conn.execute(
+        """INSERT INTO run_batches (batch_id, run_token, batch_no, size, cost, recipient_ids)
+           SELECT b, $1, n, s, c, ARRAY(SELECT jsonb_array_elements_text(i)::bigint)
+           FROM unnest($2::text[], $3::int[], $4::int[], $5::int[], $6::jsonb[]) AS u(b, n, s, c, i)""",
         run_token,
         [b[0] for b in batches],
         [b[1] for b in batches],
         [b[2] for b in batches],
+        [b[3] for b in batches],
+        [b[4] for b in batches],
     )
 
 
-async def mark_campaign_sending(conn: Conn, campaign_id: str, run_token: str, at: datetime) -> None:
+_RUN = """run_token AS token, campaign_id::text AS campaign_id, total, batch_count, settled, accepted, failed,
+          ambiguous, deferred, status, credits_reserved, credits_debited, credits_released, reservation_open"""
+
+
+async def load_run(conn: Conn, run_token: str, *, lock: bool = True) -> Run | None:
+    row = await conn.fetchrow(
+        f"SELECT {_RUN} FROM runs WHERE run_token = $1" + (" FOR UPDATE" if lock else ""), run_token
+    )
+    return Run(**dict(row)) if row else None
+
+
+async def run_tenant(conn: Conn, run_token: str) -> str:
+    return str(await conn.fetchval("SELECT tenant_id::text FROM runs WHERE run_token = $1", run_token))
+
+
+async def save_run(conn: Conn, run: Run, at: datetime, finished: bool) -> None:
     await conn.execute(
-        """UPDATE campaigns SET status = 'sending', run_token = $2, started_at = coalesce(started_at, $3),
-                                finished_at = NULL, updated_at = $3
-           WHERE id = $1""",
-        campaign_id,
-        run_token,
+        """UPDATE runs SET settled = $2, accepted = $3, failed = $4, ambiguous = $5, deferred = $6,
+                           status = $7, last_progress = greatest(last_progress, $8::timestamptz),
+                           finished_at = CASE WHEN $9::boolean THEN $8::timestamptz ELSE finished_at END,
+                           credits_reserved = $10, credits_debited = $11, credits_released = $12,
+                           reservation_open = $13
+           WHERE run_token = $1""",
+        run.token,
+        run.settled,
+        run.accepted,
+        run.failed,
+        run.ambiguous,
+        run.deferred,
+        run.status,
         at,
+        finished,
+        run.credits_reserved,
+        run.credits_debited,
+        run.credits_released,
+        run.reservation_open,
     )
 
 
-async def finish_campaign(conn: Conn, campaign_id: str, run_token: str, status: str, at: datetime) -> None:
-    """Only the campaign's current run may finish it."""
+async def set_run_status(conn: Conn, run_token: str, status: str, at: datetime) -> None:
     await conn.execute(
-        """UPDATE campaigns SET status = $3, finished_at = $4, updated_at = $4
-           WHERE id = $1 AND run_token = $2 AND status = 'sending'""",
-        campaign_id,
+        "UPDATE runs SET status = $2, last_progress = $3 WHERE run_token = $1 AND status IN ('sending', 'paused')",
         run_token,
         status,
         at,
     )
 
 
+async def load_batch(conn: Conn, batch_id: str) -> tuple[str, PlannedBatch] | None:
+    """(run token, batch) locked for this transaction."""
+    row = await conn.fetchrow(
+        "SELECT run_token, status, cost, ambiguous FROM run_batches WHERE batch_id = $1 FOR UPDATE", batch_id
+    )
+    if row is None:
+        return None
+    return row["run_token"], PlannedBatch(row["status"], row["cost"], row["ambiguous"])
+
+
+async def settle_batch(
+    conn: Conn,
+    batch_id: str,
+    status: str,
+    accepted: int,
+    failed: int,
+    ambiguous: int,
+    debited: int,
+    at: datetime,
+) -> None:
+    await conn.execute(
+        """UPDATE run_batches SET status = $2, accepted = accepted + $3, failed = failed + $4, ambiguous = $5,
+                                  debited = debited + $6, settled_at = $7
+           WHERE batch_id = $1""",
+        batch_id,
+        status,
+        accepted,
+        failed,
+        ambiguous,
+        debited,
+        at,
+    )
+
+
+async def mark_batch_claimed(conn: Conn, batch_id: str, at: datetime) -> None:
+    run_token = await conn.fetchval(
+        "UPDATE run_batches SET status = 'claimed' WHERE batch_id = $1 AND status = 'queued' RETURNING run_token",
+        batch_id,
+    )
+    if run_token is not None:
+        await conn.execute(
+            "UPDATE runs SET last_progress = greatest(last_progress, $2) WHERE run_token = $1", run_token, at
+        )
+
+
+async def campaign_accepted(conn: Conn, campaign_id: str) -> int:
+    """Recipients accepted by the campaign's finished (or stopped) runs."""
+    return int(
+        await conn.fetchval(
+            "SELECT coalesce(sum(accepted), 0) FROM runs WHERE campaign_id = $1 AND status <> 'sending'",
+            campaign_id,
+        )
+    )
+
+
+async def campaign_runs(conn: Conn, campaign_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT run_token, kind, status, total, batch_count, settled, accepted, failed, ambiguous, deferred,
+                  credits_reserved, credits_debited, credits_released, reservation_open, started_at,
+                  finished_at, republished
+           FROM runs WHERE campaign_id = $1 ORDER BY started_at, run_token""",
+        campaign_id,
+    )
+    return [dict(r) for r in rows]
+
+
+# --- stuck runs and expiring reservations ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StuckRun:
+    token: str
+    campaign_id: str
+    tenant_id: str
+    template: str
+    sender_id: str | None
+    message_type: str
+    offer_url: str | None
+
+
+async def claim_stuck_run(conn: Conn, quiet_since: datetime) -> StuckRun | None:
+    """A run with batches never claimed and no progress since `quiet_since`, locked (others skipped)."""
+    row = await conn.fetchrow(
+        """SELECT run_token AS token, campaign_id::text AS campaign_id, tenant_id::text AS tenant_id, template,
+                  sender_id, message_type, offer_url
+           FROM runs r
+           WHERE settled < batch_count AND last_progress < $1 AND template IS NOT NULL
+             AND EXISTS (SELECT 1 FROM run_batches b WHERE b.run_token = r.run_token AND b.status = 'queued')
+           ORDER BY last_progress LIMIT 1 FOR UPDATE SKIP LOCKED""",
+        quiet_since,
+    )
+    return StuckRun(**dict(row)) if row else None
+
+
+async def unclaimed_batches(conn: Conn, run_token: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT batch_id, batch_no, recipient_ids FROM run_batches
+           WHERE run_token = $1 AND status = 'queued' ORDER BY batch_no""",
+        run_token,
+    )
+
+
+async def note_republished(conn: Conn, run_token: str, at: datetime) -> None:
+    await conn.execute(
+        "UPDATE runs SET republished = republished + 1, last_progress = $2 WHERE run_token = $1",
+        run_token,
+        at,
+    )
+
+
+async def claim_expired_reservation(conn: Conn, now: datetime) -> tuple[Run, str] | None:
+    row = await conn.fetchrow(
+        f"""SELECT {_RUN}, tenant_id::text AS tenant_id FROM runs
+            WHERE reservation_open AND reservation_expires_at <= $1
+            ORDER BY reservation_expires_at LIMIT 1 FOR UPDATE SKIP LOCKED""",
+        now,
+    )
+    if row is None:
+        return None
+    values = dict(row)
+    tenant_id = values.pop("tenant_id")
+    return Run(**values), tenant_id
+
+
 # --- idempotency keys --------------------------------------------------------------------------------
+
+
+async def lock_idempotency_key(conn: Conn, tenant_id: str, key: str) -> None:
+    """Serialise requests carrying the same key: the second waits for the first's answer, then replays it."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{tenant_id}:{key}")
 
 
 async def stored_response(conn: Conn, tenant_id: str, key: str) -> asyncpg.Record | None:
@@ -226,80 +370,4 @@ async def store_response(
         status_code,
         response,
         at,
-    )
-
-
-# --- outcomes ----------------------------------------------------------------------------------------
-
-
-async def settle_run_batch(
-    conn: Conn, batch_id: str, status: str, accepted: int, failed: int, at: datetime
-) -> str | None:
-    """Record the batch's first outcome; None when it already had one (a duplicate event).
-
-    A batch whose claim was seen may still settle; a settled batch never changes again here."""
-    run_token: str | None = await conn.fetchval(
-        """UPDATE run_batches SET status = $2, accepted = $3, failed = $4, settled_at = $5
-           WHERE batch_id = $1 AND status IN ('queued', 'claimed')
-           RETURNING run_token""",
-        batch_id,
-        status,
-        accepted,
-        failed,
-        at,
-    )
-    return run_token
-    return run_token
-
-
-async def mark_batch_claimed(conn: Conn, batch_id: str) -> None:
-    await conn.execute(
-        "UPDATE run_batches SET status = 'claimed' WHERE batch_id = $1 AND status = 'queued'", batch_id
-    )
-
-
-async def load_run(conn: Conn, run_token: str) -> Run | None:
-    row = await conn.fetchrow(
-        """SELECT run_token AS token, campaign_id::text AS campaign_id, total, batch_count, settled, accepted,
-                  failed, ambiguous, deferred, status
-           FROM runs WHERE run_token = $1 FOR UPDATE""",
-        run_token,
-    )
-    return Run(**dict(row)) if row else None
-
-
-async def save_run(conn: Conn, run: Run, at: datetime, finished: bool) -> None:
-    await conn.execute(
-        """UPDATE runs SET settled = $2, accepted = $3, failed = $4, ambiguous = $5, deferred = $6,
-                           status = $7, last_progress = $8::timestamptz,
-                           finished_at = CASE WHEN $9::boolean THEN $8::timestamptz END
-           WHERE run_token = $1""",
-        run.token,
-        run.settled,
-        run.accepted,
-        run.failed,
-        run.ambiguous,
-        run.deferred,
-        run.status,
-        at,
-        finished,
-    )
-
-
-async def set_recipient_state(conn: Conn, campaign_id: str, ids: Sequence[int], state: str) -> None:
-    if ids:
-        await conn.execute(
-            "UPDATE recipients SET state = $3 WHERE campaign_id = $1 AND id = ANY($2::bigint[])",
-            campaign_id,
-            list(ids),
-            state,
-        )
-
-
-async def campaign_accepted(conn: Conn, campaign_id: str) -> int:
-    return int(
-        await conn.fetchval(
-            "SELECT coalesce(sum(accepted), 0) FROM runs WHERE campaign_id = $1 AND status <> 'sending'",
-            campaign_id,
-        )
     )

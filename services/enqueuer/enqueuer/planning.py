@@ -1,0 +1,416 @@
+"""Starting a run: gate, materialise, price, plan fixed batches, reserve credits, all in one transaction.
+
+The recipients of a run stream from a server-side cursor straight into pre-encoded BatchQueued rows of the
+outbox; each message is priced as it passes (one credit per SMS part of its final text). Either the campaign
+is `sending` with every batch and its credit reservation written, or nothing changed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from enqueuer import domain
+from enqueuer.domain import Refused, Run
+from enqueuer.messages import campaign_event
+from enqueuer.pricing import Pricer, TextShape
+from enqueuer.store import campaigns as campaign_store
+from enqueuer.store import contacts as contact_store
+from enqueuer.store import runs as run_store
+from enqueuer.store import tenants as tenant_store
+from shared import db
+from shared.db import Conn
+from shared.events import (
+    BatchQueued,
+    CampaignCompleted,
+    CampaignEnqueued,
+    CampaignFailed,
+    CampaignResumed,
+    CreditsReserved,
+    Event,
+    MessageType,
+    RunKind,
+    encode,
+    envelope_for,
+)
+from shared.sms import placeholder_names
+from shared.topics import CAMPAIGN_EVENTS, SMS_BATCHES
+
+BATCH_EVENT_NAMESPACE = uuid.UUID("3c1f8e0a-5b7d-4e21-9f3a-7d2c4b9e6a15")
+OUTBOX_FLUSH_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    batch_size: int
+    max_batch_bytes: int
+    links_base_url: str
+    reservation_ttl: timedelta
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    campaign_id: str
+    run_token: str
+    kind: RunKind
+    queued: int
+    batches: int
+    credits: int
+    available: int
+
+    def body(self) -> dict[str, Any]:
+        """The seed's enqueue contract, plus the run token and the cost."""
+        return {
+            "ok": True,
+            "queued": self.queued,
+            "enqueuedJobs": self.batches,
+            "campaignId": self.campaign_id,
+            "status": "sending",
+            "runToken": self.run_token,
+            "runKind": self.kind.value,
+            "cost": {"credits": self.credits, "available": self.available},
+        }
+
+
+def batch_event_id(batch_id: str) -> str:
+    """A batch keeps its event id when it is republished, so a re-publication is recognisable."""
+    return str(uuid.uuid5(BATCH_EVENT_NAMESPACE, batch_id))
+
+
+async def start_sending(
+    conn: Conn, campaign: campaign_store.Campaign, plan: PlanSettings, at: datetime
+) -> tuple[int, dict[str, Any]]:
+    """Enqueue a campaign the caller holds locked: the seed's checks in its order, then a run.
+    A paused campaign resumes (see `resume_locked`)."""
+    domain.check_transition("enqueue", campaign.status)
+    tenant = await tenant_store.load_tenant(conn, campaign.tenant_id)
+    assert tenant is not None
+    check_subscription(tenant)
+    if not campaign.text.strip():
+        raise Refused(400, "NO_MESSAGE_TEXT", "The campaign has no message text.")
+    if campaign.status == "paused":
+        return await resume_locked(conn, tenant, campaign, plan, at)
+    marketing = campaign.message_type == MessageType.MARKETING.value
+    if campaign.audience is None:
+        if await campaign_store.inline_audience_size(conn, campaign.id) == 0:
+            raise Refused(
+                400,
+                "NO_TARGET_AUDIENCE",
+                "The campaign has neither recipients nor an audience (list, segment or all).",
+            )
+        await run_store.materialise_inline(conn, campaign.id, tenant.id)
+    else:
+        spec = await resolve_audience(conn, tenant.id, campaign.audience)
+        await contact_store.materialise_from_contacts(
+            conn,
+            campaign.id,
+            tenant.id,
+            spec,
+            marketing=marketing,
+            placeholders=sorted(placeholder_names(campaign.text)),
+        )
+    result = await plan_run(conn, tenant, campaign, RunKind.INITIAL, "queued", plan, at)
+    return 200, result.body()
+
+
+def check_subscription(tenant: tenant_store.Tenant) -> None:
+    if tenant.subscription_status != "active":
+        raise Refused(403, "SUBSCRIPTION_REQUIRED", "An active subscription is required to send campaigns.")
+
+
+async def resolve_audience(conn: Conn, tenant_id: str, audience: dict[str, Any]) -> dict[str, Any]:
+    """The stored audience with a segment replaced by its filter; a list or segment must still exist."""
+    if audience["kind"] == "segment":
+        segment = await contact_store.load_segment(conn, tenant_id, audience["segment_id"])
+        if segment is None:
+            raise Refused(400, "NO_TARGET_AUDIENCE", "The campaign's segment no longer exists.")
+        return {"kind": "filter", "filter": segment["filter"]}
+    if (
+        audience["kind"] == "list"
+        and await contact_store.load_list(conn, tenant_id, audience["list_id"]) is None
+    ):
+        raise Refused(400, "NO_TARGET_AUDIENCE", "The campaign's list no longer exists.")
+    return audience
+
+
+async def resume_locked(
+    conn: Conn,
+    tenant: tenant_store.Tenant,
+    campaign: campaign_store.Campaign,
+    plan: PlanSettings,
+    at: datetime,
+) -> tuple[int, dict[str, Any]]:
+    """Resume a paused campaign: a new run over the recipients still queued, once every batch of the paused
+    run has an outcome (a batch already in flight when the pause arrived may still be sent). Until then
+    the resume is recorded (202) and the scheduler loop plans it when the paused run has settled."""
+    paused = await run_store.load_run(conn, campaign.run_token, lock=False) if campaign.run_token else None
+    if paused is not None and not domain.run_settled(paused):
+        await campaign_store.request_resume(conn, campaign.id, at)
+        return 202, {
+            "ok": True,
+            "queued": 0,
+            "enqueuedJobs": 0,
+            "campaignId": campaign.id,
+            "status": "paused",
+            "resuming": True,
+            "message": "The paused run still has batches on their way; the campaign resumes when they settle.",
+        }
+    if await run_store.count_recipients(conn, campaign.id, "queued") == 0 and paused is not None:
+        return 200, await _finish_resumed_without_work(conn, campaign, paused, at)
+    resumed: list[Event] = [CampaignResumed(run_token=paused.token, resumed_at=at)] if paused else []
+    result = await plan_run(conn, tenant, campaign, RunKind.RESUME, "queued", plan, at, before=resumed)
+    return 200, result.body()
+
+
+async def _finish_resumed_without_work(
+    conn: Conn, campaign: campaign_store.Campaign, paused: Run, at: datetime
+) -> dict[str, Any]:
+    """Every recipient was sent before the pause took effect: the campaign ends as its run would have."""
+    accepted = await run_store.campaign_accepted(conn, campaign.id)
+    event: Event
+    if accepted:
+        status = "completed"
+        event = CampaignCompleted(
+            run_token=paused.token, accepted=paused.accepted, failed=paused.failed, finished_at=at
+        )
+    else:
+        status = "failed"
+        event = CampaignFailed(
+            run_token=paused.token, reason="every recipient failed", failed=paused.failed, finished_at=at
+        )
+    await campaign_store.set_status(conn, campaign.id, status, at, finished=True)
+    await db.add_outbox(conn, [campaign_event(event, campaign.id, campaign.tenant_id, at)])
+    return {"ok": True, "queued": 0, "enqueuedJobs": 0, "campaignId": campaign.id, "status": status}
+
+
+async def plan_run(
+    conn: Conn,
+    tenant: tenant_store.Tenant,
+    campaign: campaign_store.Campaign,
+    kind: RunKind,
+    source_state: str,
+    plan: PlanSettings,
+    at: datetime,
+    *,
+    before: list[Event] | None = None,
+) -> Enqueued:
+    """Plan a run over the campaign's recipients in `source_state` (queued, or failed for a retry)."""
+    total = await run_store.count_recipients(conn, campaign.id, source_state)
+    if total == 0:
+        what = "failed recipients to retry" if source_state == "failed" else "eligible recipients"
+        raise Refused(400, "NO_RECIPIENTS", f"The campaign has no {what}.")
+    marketing = campaign.message_type == MessageType.MARKETING.value
+    pricer = Pricer(TextShape(campaign.text, marketing, bool(campaign.offer_url), plan.links_base_url))
+    credits = await tenant_store.load_credits(conn, tenant.id)
+    if pricer.fixed is not None and pricer.fixed * total > credits.available:
+        raise _insufficient(pricer.fixed * total, credits.available)
+    run_token = uuid.uuid4().hex[:16]
+    if before:
+        await db.add_outbox(conn, [campaign_event(e, campaign.id, tenant.id, at) for e in before])
+    key = campaign.id.encode()
+    # Reserve the places of CampaignEnqueued and CreditsReserved ahead of the batches, so that they are
+    # published first; their contents (batch count, credits) are known only after the stream.
+    enqueued_slot, reserved_slot = await run_store.add_outbox_raw(
+        conn, [(CAMPAIGN_EVENTS, key, b"{}"), (CAMPAIGN_EVENTS, key, b"{}")]
+    )
+    writer = BatchWriter(campaign, tenant, run_token, pricer, plan.max_batch_bytes, at)
+    async for rows in run_store.stream_recipients(conn, campaign.id, source_state, plan.batch_size):
+        for value in writer.add_chunk(rows):
+            await writer.stage(conn, value)
+    await writer.flush(conn)
+    needed = writer.cost
+    if source_state == "failed":
+        await run_store.requeue_failed(conn, campaign.id)
+    if not await tenant_store.reserve(conn, tenant.id, needed, run_token, at):
+        raise _insufficient(needed, (await tenant_store.load_credits(conn, tenant.id)).available)
+    run = Run(
+        run_token, campaign.id, total, len(writer.planned), credits_reserved=needed, reservation_open=True
+    )
+    await run_store.start_run(
+        conn,
+        run_store.RunPlan(
+            run,
+            tenant.id,
+            kind.value,
+            plan.batch_size,
+            campaign.text,
+            writer.sender_id,
+            campaign.message_type,
+            campaign.offer_url,
+            at + plan.reservation_ttl,
+        ),
+        at,
+    )
+    await run_store.insert_run_batches(conn, run_token, writer.planned)
+    await campaign_store.mark_sending(conn, campaign.id, run_token, at)
+    campaign_total = await run_store.count_recipients(conn, campaign.id)
+    enqueued = CampaignEnqueued(
+        run_token=run_token,
+        run_kind=kind,
+        total=total,
+        campaign_total=campaign_total,
+        batch_count=len(writer.planned),
+        batch_size=plan.batch_size,
+        credits_reserved=needed,
+        started_at=at,
+    )
+    for slot, event in (
+        (enqueued_slot, enqueued),
+        (reserved_slot, CreditsReserved(run_token=run_token, credits=needed)),
+    ):
+        await run_store.rewrite_outbox(
+            conn, slot, encode(campaign_event(event, campaign.id, tenant.id, at).envelope)
+        )
+    available = (
+        credits.available - needed
+        if pricer.fixed is not None
+        else (await tenant_store.load_credits(conn, tenant.id)).available
+    )
+    return Enqueued(campaign.id, run_token, kind, total, len(writer.planned), needed, available)
+
+
+def _insufficient(needed: int, available: int) -> Refused:
+    return Refused(
+        402,
+        "INSUFFICIENT_CREDITS",
+        f"Sending needs {needed} credits (one per SMS part); {available} are available.",
+        needed=needed,
+        available=available,
+    )
+
+
+class BatchWriter:
+    """Turns streamed recipient rows into pre-encoded BatchQueued events of at most `batch_size` recipients
+    (a chunk of the cursor) and at most `max_bytes` of JSON (a chunk is split when it would not fit the
+    broker's message limit). Batch ids are `{campaign}:{run}:{index}`, so the same rows give the same ids."""
+
+    def __init__(
+        self,
+        campaign: campaign_store.Campaign,
+        tenant: tenant_store.Tenant,
+        run_token: str,
+        pricer: Pricer,
+        max_bytes: int,
+        at: datetime,
+    ) -> None:
+        self.campaign = campaign
+        self.tenant_id = tenant.id
+        self.run_token = run_token
+        self.pricer = pricer
+        self.max_bytes = max_bytes
+        self.at = at
+        self.sender_id = campaign.sender_id or tenant.sender_id
+        self.text = BatchText(
+            campaign.id, tenant.id, campaign.text, campaign.message_type, self.sender_id, campaign.offer_url
+        )
+        self.planned: list[tuple[str, int, int, int, list[int]]] = []
+        self.cost = 0
+        self._staged: list[tuple[str, bytes, bytes]] = []
+        self._staged_bytes = 0
+
+    def add_chunk(self, rows: list[Any]) -> list[bytes]:
+        out: list[bytes] = []
+        parts: list[str] = []
+        ids: list[int] = []
+        cost = size = 0
+        price = self.pricer.parts_for_json
+        for rid, phone, values in rows:
+            item = recipient_json(rid, phone, values)
+            if ids and size + len(item) > self.max_bytes:
+                out.append(self._close(parts, ids, cost))
+                parts, ids, cost, size = [], [], 0, 0
+            parts.append(item)
+            ids.append(rid)
+            cost += price(values)
+            size += len(item) + 1
+        if ids:
+            out.append(self._close(parts, ids, cost))
+        return out
+
+    def _close(self, items: list[str], ids: list[int], cost: int) -> bytes:
+        index = len(self.planned)
+        bid = domain.batch_id(self.campaign.id, self.run_token, index)
+        self.planned.append((bid, index, len(ids), cost, ids))
+        self.cost += cost
+        return encode_batch(self.text, bid, self.run_token, index, "[" + ",".join(items) + "]", self.at)
+
+    async def stage(self, conn: Conn, value: bytes) -> None:
+        self._staged.append((SMS_BATCHES, self.campaign.id.encode(), value))
+        self._staged_bytes += len(value)
+        if self._staged_bytes >= OUTBOX_FLUSH_BYTES:
+            await self.flush(conn)
+
+    async def flush(self, conn: Conn) -> None:
+        if self._staged:
+            await run_store.add_outbox_raw(conn, self._staged)
+            self._staged, self._staged_bytes = [], 0
+
+
+@dataclass(frozen=True)
+class BatchText:
+    """What every batch of a run carries besides its recipients."""
+
+    campaign_id: str
+    tenant_id: str
+    template: str
+    message_type: str
+    sender_id: str | None
+    offer_url: str | None
+
+
+def encode_batch(
+    text: BatchText, batch_id: str, run_token: str, index: int, recipients_json: str, at: datetime
+) -> bytes:
+    """A BatchQueued envelope whose recipients are spliced in as already-encoded JSON: building a model per
+    recipient would cost more than the rest of the enqueue."""
+    head = BatchQueued(
+        batch_id=batch_id,
+        run_token=run_token,
+        batch_no=index,
+        sender_id=text.sender_id,
+        template=text.template,
+        message_type=MessageType(text.message_type),
+        recipients=(),
+        offer_url=text.offer_url,
+    )
+    envelope = envelope_for(
+        head,
+        occurred_at=at,
+        tenant_id=text.tenant_id,
+        campaign_id=text.campaign_id,
+        event_id=batch_event_id(batch_id),
+    ).model_dump(mode="json")
+    envelope["payload"]["recipients"] = orjson.Fragment(recipients_json.encode())
+    return orjson.dumps(envelope)
+
+
+def recipient_json(rid: int, phone: str, values_json: str) -> str:
+    return f'{{"id":{rid},"phone":{orjson.dumps(phone).decode()},"values":{values_json}}}'
+
+
+async def republish_stuck(conn: Conn, stuck: run_store.StuckRun, at: datetime) -> int:
+    """Publish again the batches of a quiet run that the sender never claimed: same ids, same contents
+    (the run's own text and the recipients' stored values). The sender deduplicates by batch id."""
+    batches = await run_store.unclaimed_batches(conn, stuck.token)
+    rows: list[tuple[str, bytes, bytes]] = []
+    for b in batches:
+        recipients = await run_store.recipients_by_id(conn, b["recipient_ids"])
+        items = ",".join(recipient_json(r[0], r[1], r[2]) for r in recipients)
+        text = BatchText(
+            stuck.campaign_id,
+            stuck.tenant_id,
+            stuck.template,
+            stuck.message_type,
+            stuck.sender_id,
+            stuck.offer_url,
+        )
+        value = encode_batch(text, b["batch_id"], stuck.token, b["batch_no"], f"[{items}]", at)
+        rows.append((SMS_BATCHES, stuck.campaign_id.encode(), value))
+    if rows:
+        await run_store.add_outbox_raw(conn, rows)
+    await run_store.note_republished(conn, stuck.token, at)
+    return len(rows)
