@@ -1,7 +1,5 @@
 """Campaign routes: drafts, schedule, enqueue, pause, resume, cancel, retry failed, preview."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request

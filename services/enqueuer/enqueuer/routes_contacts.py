@@ -1,7 +1,5 @@
 """Contact routes: streamed imports, contacts, lists and members, segments, audience preview."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request

@@ -1,8 +1,6 @@
 """Tenant routes: operator endpoints (register, top up, subscription, keys) and the tenant's own
 (profile, credits and ledger, API keys)."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query

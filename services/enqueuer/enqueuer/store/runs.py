@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from enqueuer.domain import PlannedBatch, Run
 from shared.db import OUTBOX_CHANNEL, Conn
@@ -49,7 +50,6 @@ async def stream_recipients(
         """SELECT id, phone, "values"::text FROM recipients WHERE campaign_id = $1 AND state = $2 ORDER BY id""",
         campaign_id,
         state,
-        prefetch=chunk,
     )
     while rows := await cursor.fetch(chunk):
         yield rows
@@ -153,14 +153,14 @@ async def insert_run_batches(
     """(batch id, number, size, cost, recipient ids) per batch."""
     await conn.execute(
         """INSERT INTO run_batches (batch_id, run_token, batch_no, size, cost, recipient_ids)
-           SELECT b, $1, n, s, c, ARRAY(SELECT jsonb_array_elements_text(i)::bigint)
-           FROM unnest($2::text[], $3::int[], $4::int[], $5::int[], $6::jsonb[]) AS u(b, n, s, c, i)""",
+           SELECT b, $1, n, s, c, ARRAY(SELECT jsonb_array_elements_text(i::jsonb)::bigint)
+           FROM unnest($2::text[], $3::int[], $4::int[], $5::int[], $6::text[]) AS u(b, n, s, c, i)""",
         run_token,
         [b[0] for b in batches],
         [b[1] for b in batches],
         [b[2] for b in batches],
         [b[3] for b in batches],
-        [b[4] for b in batches],
+        [orjson.dumps(b[4]).decode() for b in batches],
     )
 
 
