@@ -19,8 +19,9 @@ from tests.integration.enqueuer.enqueuer_harness import (
 )
 from tests.support import eventually
 
+# Greek: UCS-2, so 70 characters in a single part and 67 per part of a longer message.
 LONG_GREEK = (
-    "Γεια σου {{first_name}}! Μεγάλες εκπτώσεις σε όλα τα προϊόντα μας αυτή την εβδομάδα, μην το χάσεις."
+    "Γεια σου {{first_name}}! Μεγάλες εκπτώσεις σε όλα τα προϊόντα μας αυτή την εβδομάδα, μην το χάσεις."  # noqa: RUF001
 )
 
 
@@ -38,7 +39,7 @@ def parts_of(text: str, first_name: str) -> int:
 
 
 async def test_enqueue_answers_the_seed_contract_and_queues_fixed_batches(h: Harness) -> None:
-    tenant, key = await h.tenant()
+    _, key = await h.tenant()
     recipients = [{"phone": p, "firstName": "Ada"} for p in phones(1000, 12)]
     c = await h.campaign(key, text="Hi {{first_name}}!", recipients=recipients)
 
@@ -177,7 +178,8 @@ async def test_pause_defers_then_resume_sends_only_the_unsent_with_a_new_run(h: 
     await h.wait_settled(run1, 1)
 
     r = await h.command(key, c["id"], "pause")
-    assert r.status_code == 200 and r.json()["status"] == "paused"
+    assert r.status_code == 200
+    assert r.json()["status"] == "paused"
     assert (await h.command(key, c["id"], "pause")).json()["code"] == "INVALID_STATUS"
 
     # A batch in flight when the pause arrived is still sent; another is deferred but not yet reported.
