@@ -45,10 +45,13 @@ class Api:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def new_tenant(self, name: str = "Demo shop", channel: str = "retail") -> tuple[str, str]:
+    async def new_tenant(
+        self, name: str = "Demo shop", channel: str = "retail", credits: int = 10_000_000
+    ) -> tuple[str, str]:
+        """A tenant with an API key and, unless told otherwise, plenty of credits (one per SMS part)."""
         r = await self.http.post(
             f"{self.stack.url('enqueuer')}/api/tenants",
-            json={"name": name, "channel": channel},
+            json={"name": name, "channel": channel, "credits": credits},
             headers={"X-Api-Key": self.stack.operator_key},
         )
         assert r.status_code == 201, r.text
