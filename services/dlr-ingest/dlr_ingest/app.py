@@ -1,117 +1,114 @@
-"""dlr-ingest: the provider's delivery-report webhook. A report is answered 2xx only once the broker
-has it (acks=all); when the broker cannot take it the answer is 503 so that the provider retries."""
+"""dlr-ingest: the public edge for the provider and recipients. Wiring only: the delivery-report webhook
+(webhook.py), the recipients' links (links.py), the operator's status refresh (refresh.py), and the consumer
+that keeps the link catalogue (tenants, campaigns, recipients) from the log.
 
-import asyncio
-import hmac
-import logging
-from collections.abc import AsyncIterator
+The webhook publishes through a producer of its own and never waits on PostgreSQL; readiness therefore
+follows the broker only, so a database outage takes the link pages down (503) but not the webhook.
+"""
+
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from typing import Any
 
-from fastapi import FastAPI, Request
-from prometheus_client import Counter, Histogram
+from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
-from dlr_ingest.domain import BadReport, Report, parse_reports
+from dlr_ingest import domain, store
+from dlr_ingest.api import RefreshIn
+from dlr_ingest.links import LinkPages
+from dlr_ingest.publisher import BatchPublisher, make_producer
+from dlr_ingest.refresh import Refresher, RefreshFailed
 from dlr_ingest.settings import DlrIngestSettings
-from shared.events import DeliveryReported, encode, envelope_for
+from dlr_ingest.webhook import Webhook
+from shared.broker import BatchConsumer, Delivery
+from shared.db import Conn
 from shared.service import ServiceRuntime
-from shared.topics import DELIVERY_REPORTS
+from shared.topics import CAMPAIGN_EVENTS, SMS_BATCHES, TENANT_EVENTS
 from shared.web import ApiError, OrjsonResponse, install_common
 
-log = logging.getLogger(__name__)
-RETRY_AFTER_S = 5
+SCHEMA = "dlr_ingest"
+MIGRATIONS = ("shared", "dlr_ingest")
+CONSUMER = "dlr-ingest"
 
 
 def create_app(settings: DlrIngestSettings) -> FastAPI:
-    rt = ServiceRuntime(settings, name="dlr-ingest", schema=None)
-    received = Counter(
-        "dlr_reports_received_total",
-        "Reports accepted and published, by mapped status",
-        ["status"],
-        registry=rt.registry,
+    rt = ServiceRuntime(settings, name="dlr-ingest", schema=SCHEMA, migrations=MIGRATIONS)
+    producer = make_producer(
+        settings,
+        linger_ms=settings.producer_linger_ms,
+        batch_bytes=settings.producer_batch_bytes,
+        request_timeout_ms=settings.producer_request_timeout_ms,
     )
-    rejected = Counter(
-        "dlr_requests_rejected_total", "Requests refused, by reason", ["reason"], registry=rt.registry
+    publisher = BatchPublisher(
+        producer, max_backlog_bytes=settings.publish_backlog_bytes, stall_after_s=settings.publish_timeout_s
     )
-    publish_seconds = Histogram(
-        "dlr_publish_seconds", "Time for the broker to acknowledge a request's reports", registry=rt.registry
+    webhook = Webhook(settings, publisher, rt.registry)
+    links = LinkPages(lambda: rt.pool, settings.links.secret, rt.registry)
+    refresher = Refresher(settings, publisher.publish, rt.registry)
+
+    async def keep_catalogue(conn: Conn, deliveries: Sequence[Delivery]) -> None:
+        await store.save_catalogue(conn, domain.catalogue([(d.envelope, d.event) for d in deliveries]))
+
+    BatchConsumer(rt.broker, lambda: rt.pool, CONSUMER, keep_catalogue).subscribe(
+        settings, TENANT_EVENTS, CAMPAIGN_EVENTS, SMS_BATCHES
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await rt.start()
+        await producer.start()
         try:
             yield
         finally:
+            await refresher.aclose()
+            await producer.stop()
             await rt.stop()
 
     app = FastAPI(
-        title="SMS delivery-report ingest",
+        title="SMS delivery-report ingest and recipient links",
         version="1",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
     )
-    install_common(app, registry=rt.registry, readiness=rt.readiness())
-
-    def refuse(status: int, code: str, message: str, **extra: object) -> ApiError:
-        rejected.labels(code).inc()
-        return ApiError(status, code, message, **extra)
-
-    def authenticate(request: Request) -> None:
-        if not settings.webhook_secrets:
-            return
-        given = request.headers.get(settings.webhook_secret_header, "").encode()
-        # Compare against every accepted secret (no early exit), each in constant time.
-        matches = [hmac.compare_digest(given, s.encode()) for s in settings.webhook_secrets]
-        if not any(matches):
-            raise refuse(401, "UNAUTHORIZED", "Missing or wrong webhook secret.")
-
-    async def publish(reports: list[Report]) -> None:
-        at = datetime.now(UTC)
-        pending = []
-        for r in reports:
-            event = DeliveryReported(
-                provider_message_id=r.message_id,
-                raw_status=r.raw_status,
-                status=r.status,
-                error=r.error,
-                provider_time=r.provider_time,
-                received_at=at,
-                source="webhook",
-            )
-            raw = encode(envelope_for(event, occurred_at=at, tenant_id=None))
-            pending.append(
-                await rt.broker.publish(
-                    raw, topic=DELIVERY_REPORTS, key=r.message_id.encode(), no_confirm=True
-                )
-            )
-        await asyncio.gather(*pending)
+    readiness = {"broker": rt.readiness()["broker"]}
+    install_common(app, registry=rt.registry, readiness=readiness)
 
     @app.post("/webhooks/mitto/dlr", status_code=202)
     async def delivery_reports(request: Request) -> Response:
-        authenticate(request)
-        body = await request.body()
-        if len(body) > settings.max_body_bytes:
-            raise refuse(413, "PAYLOAD_TOO_LARGE", f"The body exceeds {settings.max_body_bytes} bytes.")
+        return await webhook.handle(request)
+
+    @app.get("/l/{token}", include_in_schema=False)
+    async def offer_link(token: str) -> Response:
+        return await links.offer(token)
+
+    @app.get("/u/{token}", include_in_schema=False)
+    async def unsubscribe_link(token: str) -> Response:
+        return await links.unsubscribe(token)
+
+    def operator(request: Request) -> None:
+        if not settings.operator_api_key or _api_key(request) != settings.operator_api_key:
+            raise ApiError(401, "UNAUTHORIZED", "An operator API key is required.")
+
+    @app.post("/api/operator/refresh", dependencies=[Depends(operator)])
+    async def refresh(body: RefreshIn) -> dict[str, Any]:
+        if body.campaign_id and body.bulk_id:
+            raise ApiError(400, "CONFLICTING_SCOPE", "Give campaignId or bulkId, not both.")
+        if body.limit > settings.refresh_max_limit:
+            raise ApiError(400, "LIMIT_TOO_HIGH", f"limit is at most {settings.refresh_max_limit}.")
         try:
-            reports = parse_reports(body, max_reports=settings.max_reports_per_request)
-        except BadReport as exc:
-            raise refuse(400, exc.code, exc.message) from None
-        started = asyncio.get_running_loop().time()
-        try:
-            await asyncio.wait_for(publish(reports), timeout=settings.publish_timeout_s)
-        except Exception as exc:
-            log.warning("could not publish %d delivery reports: %r", len(reports), exc)
-            raise refuse(
-                503,
-                "BROKER_UNAVAILABLE",
-                "The reports could not be recorded; retry later.",
-                retry_after=RETRY_AFTER_S,
-            ) from None
-        publish_seconds.observe(asyncio.get_running_loop().time() - started)
-        for r in reports:
-            received.labels(r.status.value).inc()
-        return OrjsonResponse({"accepted": len(reports)}, status_code=202)
+            summary = await refresher.run(
+                older_than_minutes=body.older_than_minutes,
+                limit=body.limit,
+                campaign_id=body.campaign_id,
+                bulk_id=body.bulk_id,
+            )
+        except RefreshFailed as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        return summary.as_json()
 
     return app
+
+
+def _api_key(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")

@@ -1,0 +1,156 @@
+"""The produce path of the webhook: records of concurrent requests are coalesced into one record batch per
+partition and handed to aiokafka's `send_batch`, so a report costs one append instead of one `send()`.
+
+A request waits for the broker's acknowledgement (acks=all, as configured on the producer) of every batch that
+holds one of its records; only then may it answer 2xx. aiokafka keeps one batch in flight per partition, so
+while a batch is out the next one fills up: batching follows the load, with no fixed linger on top. Order per
+partition is kept: batches of a partition are handed over one after another, in the order they were filled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from dlr_ingest.encoding import partition_for
+from shared.config import ServiceSettings
+
+
+class PublishRefused(Exception):
+    """Not queued at all: the backlog is full or the broker has stopped answering. Nothing of the request
+    was handed over, so the caller answers 503 at once instead of waiting for a timeout."""
+
+
+@dataclass(eq=False)
+class _Batch:
+    builder: Any  # aiokafka BatchBuilder
+    done: asyncio.Future[None]
+    size: int = 0
+
+
+@dataclass(eq=False)
+class _Lane:
+    topic: str
+    partition: int
+    filling: deque[_Batch] = field(default_factory=deque)
+    pump: asyncio.Task[None] | None = None
+
+
+class BatchPublisher:
+    """Publishes keyed records and returns once the broker acknowledged them.
+
+    `max_backlog_bytes` bounds what waits in memory for the broker; `stall_after_s` is how long the oldest
+    unacknowledged batch may wait before new requests are refused straight away (the broker is down: every
+    caller would only time out)."""
+
+    def __init__(self, producer: AIOKafkaProducer, *, max_backlog_bytes: int, stall_after_s: float) -> None:
+        self.producer = producer
+        self.max_backlog_bytes = max_backlog_bytes
+        self.stall_after_s = stall_after_s
+        self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._backlog = 0
+        self._unacked: dict[_Batch, float] = {}
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._backlog
+
+    def stalled(self) -> bool:
+        if not self._unacked:
+            return False
+        return time.monotonic() - min(self._unacked.values()) > self.stall_after_s
+
+    async def publish(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Publish (key, value) records to `topic`, partitioned like Kafka's default partitioner.
+
+        Returns when every record is acknowledged; raises otherwise (the records may still reach the log
+        later: a caller that reports failure must expect duplicates of them, never losses)."""
+        if self._backlog > self.max_backlog_bytes:
+            raise PublishRefused(f"{self._backlog} bytes are already waiting for the broker")
+        if self.stalled():
+            raise PublishRefused(f"the broker has not acknowledged a batch for over {self.stall_after_s}s")
+        partitions = len(await self.producer.partitions_for(topic))
+        waits: set[asyncio.Future[None]] = set()
+        for key, value in records:
+            lane = self._lane(topic, partition_for(key, partitions))
+            waits.add(self._append(lane, key, value))
+        await asyncio.gather(*waits)
+
+    def _lane(self, topic: str, partition: int) -> _Lane:
+        lane = self._lanes.get((topic, partition))
+        if lane is None:
+            lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
+        return lane
+
+    def _append(self, lane: _Lane, key: bytes, value: bytes) -> asyncio.Future[None]:
+        batch = lane.filling[-1] if lane.filling else None
+        if batch is None or batch.builder.append(timestamp=None, key=key, value=value, headers=[]) is None:
+            batch = _Batch(self.producer.create_batch(), asyncio.get_running_loop().create_future())
+            lane.filling.append(batch)
+            # A fresh batch takes any one record, however large (the producer's max_request_size still applies).
+            batch.builder.append(timestamp=None, key=key, value=value, headers=[])
+        added = len(key) + len(value)
+        batch.size += added
+        self._backlog += added
+        if lane.pump is None:
+            lane.pump = asyncio.create_task(self._pump(lane))
+        return batch.done
+
+    async def _pump(self, lane: _Lane) -> None:
+        """Hand the lane's batches over in order. `send_batch` returns once aiokafka has room for the
+        partition (its previous batch was drained); meanwhile records keep filling the next batch."""
+        try:
+            while lane.filling:
+                batch = lane.filling.popleft()
+                self._unacked[batch] = time.monotonic()
+                try:
+                    acked = await self.producer.send_batch(
+                        batch.builder, lane.topic, partition=lane.partition
+                    )
+                except Exception as exc:
+                    self._settle(batch, exc)
+                    continue
+                acked.add_done_callback(lambda f, b=batch: self._settle(b, _failure(f)))
+        finally:
+            lane.pump = None
+
+    def _settle(self, batch: _Batch, exc: BaseException | None) -> None:
+        self._unacked.pop(batch, None)
+        self._backlog -= batch.size
+        if batch.done.done():
+            return
+        if exc is None:
+            batch.done.set_result(None)
+        else:
+            batch.done.set_exception(exc)
+            # Read it here too: a request that already gave up must not leave an unretrieved exception.
+            batch.done.exception()
+
+
+def _failure(future: asyncio.Future[Any]) -> BaseException | None:
+    return asyncio.CancelledError() if future.cancelled() else future.exception()
+
+
+def make_producer(
+    settings: ServiceSettings, *, linger_ms: int, batch_bytes: int, request_timeout_ms: int
+) -> AIOKafkaProducer:
+    """A producer of its own for the webhook (not FastStream's): acks, idempotence and compression as
+    configured for every service; batching left to `BatchPublisher`."""
+    k = settings.kafka
+    return AIOKafkaProducer(
+        bootstrap_servers=k.bootstrap_servers,
+        client_id="dlr-ingest-reports",
+        acks="all" if k.acks == "all" else int(k.acks),
+        enable_idempotence=k.enable_idempotence,
+        compression_type=None if k.compression_type == "none" else k.compression_type,
+        linger_ms=linger_ms,
+        max_batch_size=batch_bytes,
+        max_request_size=max(k.max_request_size, batch_bytes),
+        request_timeout_ms=request_timeout_ms,
+    )
