@@ -101,6 +101,16 @@ class Harness:
                 out.setdefault(event.batch_id, event)
         return sorted(out.values(), key=lambda b: (b.run_token, b.batch_no))
 
+    async def all_batches(self, campaign_id: str) -> list[tuple[bytes | None, bytes]]:
+        """Every BatchQueued record of the campaign, republications included."""
+        return await records_of(self.broker.bootstrap, "sms.batches", campaign_id.encode())
+
+    async def publish_raw(self, topic: str, key: bytes, value: bytes) -> None:
+        if self.producer is None:
+            self.producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, acks="all")
+            await self.producer.start()
+        await self.producer.send_and_wait(topic, value, key=key)
+
     async def wait_batches(self, campaign_id: str, run_token: str, count: int) -> list[BatchQueued]:
         async def ready() -> list[BatchQueued] | None:
             found = await self.batches(campaign_id, run_token)
