@@ -181,7 +181,7 @@ async def test_bad_audience_input_gets_codes(h: Harness) -> None:
 
 
 async def test_two_schedulers_enqueue_each_due_campaign_exactly_once(h: Harness) -> None:
-    tenant, key = await h.tenant(credits=10_000)
+    _, key = await h.tenant(credits=10_000)
     ids = []
     for i in range(8):
         c = await h.campaign(
