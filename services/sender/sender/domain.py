@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sender.mitto import Accepted
-from shared.events import BatchQueued, BatchRecipient, MessageType, RecipientResult
-from shared.links import LinkSettings, link_url, make_token
-from shared.sms import compose, segments
+from sender.mitto import Accepted, Ambiguous, Found, NotSent, SendOutcome
+from sender.outcomes import ResultRow, result_row
+from sender.texts import BatchTexts, parts
+from shared.events import BatchQueued, BatchRecipient, MessageType
+from shared.links import LinkSettings
 
-OUTCOME_NAMESPACE = uuid.UUID("6f1d3c1e-0c4b-4b7e-9a51-2f0d5c3b8e10")
+Go = Literal["send", "paused", "cancelled", "superseded"]
 
-Go = Literal["send", "paused", "cancelled"]
+DUPLICATE_ERROR = "already handed to the provider"
+OPERATOR_FAIL_ERROR = "declared failed by an operator after an ambiguous send: it may have been delivered"
 
 
 @dataclass(frozen=True)
@@ -29,50 +31,42 @@ def go_or_defer(control: Control | None, run_token: str) -> Go:
     if control.status == "cancelled":
         return "cancelled"
     if control.run_token != run_token and control.run_token is not None and control.status != "paused":
-        return "cancelled"  # superseded: a newer run owns the campaign now
+        return "superseded"  # a newer run owns the campaign now
     if control.status == "paused" and control.run_token == run_token:
         return "paused"
     return "send"
 
 
-def outcome_event_id(batch_id: str, kind: str) -> str:
-    """The same outcome of the same batch always has the same event id (re-emission is recognisable)."""
-    return str(uuid.uuid5(OUTCOME_NAMESPACE, f"{batch_id}:{kind}"))
-
-
 @dataclass(frozen=True)
 class Prepared:
+    """The provider request items of a batch, in the order the results will come back."""
+
     messages: list[dict[str, Any]]
     parts: list[int]
 
 
 def prepare(
     batch: BatchQueued,
-    recipients: list[BatchRecipient],
+    recipients: Sequence[BatchRecipient],
     *,
     campaign_id: str,
     traffic_account: str,
     default_sender: str,
     links: LinkSettings,
 ) -> Prepared:
-    """The provider request items, in the order the results will come back."""
+    """`reference` is `{campaign}:{recipient}`: the provider keeps it, so a status lookup of a message id
+    leads back to its recipient."""
     sender = batch.sender_id or default_sender
-    marketing = batch.message_type == MessageType.MARKETING
-    messages, parts = [], []
+    texts = BatchTexts(
+        batch.template,
+        marketing=batch.message_type == MessageType.MARKETING,
+        with_offer=bool(batch.offer_url),
+        links=links,
+    )
+    messages: list[dict[str, Any]] = []
+    counts: list[int] = []
     for r in recipients:
-        text = compose(
-            batch.template,
-            r.values,
-            marketing=marketing,
-            offer_link=link_url(links.base_url, "offer", make_token(links.secret, "offer", r.id))
-            if marketing and batch.offer_url
-            else None,
-            unsubscribe_link=link_url(
-                links.base_url, "unsubscribe", make_token(links.secret, "unsubscribe", r.id)
-            )
-            if marketing
-            else None,
-        )
+        text = texts.text(r.id, r.values)
         messages.append(
             {
                 "trafficAccountId": traffic_account,
@@ -81,8 +75,18 @@ def prepare(
                 "reference": f"{campaign_id}:{r.id}",
             }
         )
-        parts.append(segments(text).parts)
-    return Prepared(messages, parts)
+        counts.append(parts(text))
+    return Prepared(messages, counts)
+
+
+def only_claimed(
+    prepared: Prepared, recipients: Sequence[BatchRecipient], duplicates: Mapping[int, str]
+) -> Prepared:
+    """Drop the items of recipients whose phone another batch already handed over."""
+    if not duplicates:
+        return prepared
+    keep = [i for i, r in enumerate(recipients) if r.id not in duplicates]
+    return Prepared([prepared.messages[i] for i in keep], [prepared.parts[i] for i in keep])
 
 
 def backoff_seconds(
@@ -93,19 +97,93 @@ def backoff_seconds(
     return max(delay, retry_after or 0.0)
 
 
-def results_of_send(
-    claimed: list[BatchRecipient],
-    parts: list[int],
-    accepted: Accepted,
-    duplicates: dict[int, tuple[str, str]],
-) -> tuple[RecipientResult, ...]:
-    """Per-recipient results by array position, plus the suppressed duplicates."""
-    out = [
-        RecipientResult(id=r.id, phone=r.phone, message_id=item.message_id, parts=p, error=item.error)
-        for r, p, item in zip(claimed, parts, accepted.items, strict=True)
+def should_retry(outcome: SendOutcome, attempt: int, max_attempts: int) -> bool:
+    """Only what provably never reached the provider is tried again."""
+    return isinstance(outcome, NotSent) and outcome.retry and attempt < max_attempts
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one provider answer means for the recipients it was about."""
+
+    status: Literal["sent", "failed", "ambiguous"]
+    results: list[ResultRow]  # per recipient, by request position (sent only)
+    rejected: list[str]  # phones the provider refused: a later run may claim them again
+    error: str | None = None  # failed: the provider's error; ambiguous: why it is not known
+    known_ids: tuple[str, ...] = ()  # ambiguous: message ids in an answer that could not be matched
+    bulk_id: str | None = None
+
+
+def judge(claimed: Sequence[BatchRecipient], part_counts: Sequence[int], outcome: SendOutcome) -> Verdict:
+    """Results by array position; an item without a message id failed with the provider's reason."""
+    if isinstance(outcome, Accepted):
+        results = [
+            result_row(r.id, r.phone, message_id=mid, parts=p, error=err)
+            for r, p, mid, err in zip(claimed, part_counts, outcome.message_ids, outcome.errors, strict=True)
+        ]
+        rejected = [r.phone for r, mid in zip(claimed, outcome.message_ids, strict=True) if mid is None]
+        return Verdict("sent", results, rejected, bulk_id=outcome.bulk_id)
+    if isinstance(outcome, NotSent):
+        return Verdict("failed", [], [r.phone for r in claimed], error=outcome.error)
+    assert isinstance(outcome, Ambiguous)
+    return Verdict("ambiguous", [], [], error=outcome.reason, known_ids=outcome.message_ids)
+
+
+def duplicate_rows(recipients: Sequence[BatchRecipient], duplicates: Mapping[int, str]) -> list[ResultRow]:
+    """The suppressed recipients: their phone was handed over by another batch (`duplicate_of`)."""
+    return [
+        result_row(r.id, r.phone, error=DUPLICATE_ERROR, duplicate_of=duplicates[r.id])
+        for r in recipients
+        if r.id in duplicates
     ]
-    out += [
-        RecipientResult(id=rid, phone=phone, error="already handed to the provider", duplicate_of=batch)
-        for rid, (phone, batch) in duplicates.items()
-    ]
-    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Final results for some ambiguous recipients, and what the ledger records for them."""
+
+    results: list[ResultRow]
+    accepted: list[tuple[str, str]]  # (phone, message id)
+    rejected: list[str]  # provably not sent: a later run may claim them again
+    abandoned: list[str]  # declared failed though possibly delivered: never claimed again
+
+
+def resolve_with_answer(verdict: Verdict, claimed: Sequence[BatchRecipient], held: set[str]) -> Resolution:
+    """A final answer for recipients that were ambiguous (only those whose phone the batch still holds):
+    accepted ones get their message id, the others failed and may be claimed again by a later run."""
+    if verdict.status == "sent":
+        rows = [row for row in verdict.results if row["phone"] in held]
+        accepted = [(row["phone"], row["message_id"]) for row in rows if row["message_id"]]
+        return Resolution(rows, accepted, [row["phone"] for row in rows if not row["message_id"]], [])
+    assert verdict.status == "failed"
+    reason = verdict.error or "provider refused"
+    members = [r for r in claimed if r.phone in held]
+    return Resolution(
+        [result_row(r.id, r.phone, error=reason) for r in members], [], [r.phone for r in members], []
+    )
+
+
+def resolve_by_operator_fail(remaining: Sequence[BatchRecipient]) -> Resolution:
+    """The operator gives up on them: failed, and never handed over again (they may have been delivered)."""
+    return Resolution(
+        [result_row(r.id, r.phone, error=OPERATOR_FAIL_ERROR) for r in remaining],
+        [],
+        [],
+        [r.phone for r in remaining],
+    )
+
+
+def resolve_by_lookups(
+    campaign_id: str, remaining: Sequence[BatchRecipient], found: Sequence[Found]
+) -> Resolution:
+    """Message ids the provider knows, tied to recipients by the `reference` sent with them."""
+    by_reference = {f"{campaign_id}:{r.id}": r for r in remaining}
+    results: list[ResultRow] = []
+    accepted: list[tuple[str, str]] = []
+    for f in found:
+        r = by_reference.pop(f.reference, None) if f.reference else None
+        if r is None:
+            continue
+        results.append(result_row(r.id, r.phone, message_id=f.message_id, parts=f.parts))
+        accepted.append((r.phone, f.message_id))
+    return Resolution(results, accepted, [], [])

@@ -1,7 +1,13 @@
-"""One batch through the ledger: claim (transaction 1), provider call with retries, record (transaction 2).
+"""One batch through the ledger: lock, claim (transaction 1), provider call with retries, record (transaction 2).
 
-A batch found already claimed but without an outcome was interrupted during a provider call: it may
-have gone out, so it becomes ambiguous and is never resent from here.
+- The batch lock (`locks.py`) is taken first: whoever finds a claimed batch without an outcome while
+  holding it knows that the claimant is gone, so the call may have gone out: the batch becomes ambiguous
+  and is never resent from here.
+- The texts are composed before the claim: a batch that cannot even be prepared is never claimed.
+- The claim waits for a call slot and the traffic account's message rate, so pause and cancel are checked
+  as late as possible: a batch still waiting for its turn is deferred, not sent.
+- The answer is recorded with the batch still locked; if someone declared the batch ambiguous meanwhile
+  (this process lost its lock connection), the answer resolves it instead (BatchResolved).
 """
 
 from __future__ import annotations
@@ -15,36 +21,28 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from sender import domain, store
+from sender import domain, ledger, outcomes, store
+from sender.limits import TrafficLimits
+from sender.locks import BatchLocks
 from sender.mitto import Accepted, Ambiguous, MittoClient, NotSent, SendOutcome
+from sender.outcomes import Cause
 from sender.settings import SenderSettings
-from shared import db
 from shared.broker import TRANSIENT_ERRORS
 from shared.db import Conn
-from shared.events import (
-    BatchAmbiguous,
-    BatchClaimed,
-    BatchDeferred,
-    BatchFailed,
-    BatchQueued,
-    BatchRecipient,
-    BatchSent,
-    Envelope,
-    encode,
-    envelope_for,
-)
+from shared.events import BatchQueued, BatchRecipient
 from shared.topics import SMS_OUTCOMES
 
-Outcome = BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred
-
 log = logging.getLogger(__name__)
+
+PoolRef = Callable[[], asyncpg.Pool]
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-PoolRef = Callable[[], asyncpg.Pool]
+class Unsendable(Exception):
+    """The batch cannot be handled at all (nothing was claimed): dead-letter it with this reason."""
 
 
 class SendMetrics(Protocol):
@@ -52,152 +50,78 @@ class SendMetrics(Protocol):
 
     def provider_call(self, outcome: str, seconds: float) -> None: ...
 
+    def retried(self, reason: str) -> None: ...
+
 
 class BatchSender:
     def __init__(
-        self, pool_ref: PoolRef, mitto: MittoClient, settings: SenderSettings, metrics: SendMetrics
+        self,
+        pool_ref: PoolRef,
+        mitto: MittoClient,
+        settings: SenderSettings,
+        metrics: SendMetrics,
+        locks: BatchLocks,
+        limits: TrafficLimits,
     ) -> None:
         self.pool_ref = pool_ref
         self.mitto = mitto
         self.settings = settings
         self.metrics = metrics
-        self.calls = asyncio.Semaphore(settings.max_concurrent_bulk_calls)
+        self.locks = locks
+        self.limits = limits
 
-    async def handle(self, envelope: Envelope, batch: BatchQueued) -> None:
-        campaign_id = envelope.campaign_id or batch.batch_id.split(":", 1)[0]
-        pool = self.pool_ref()
-        at = now()
-        async with pool.acquire() as conn, conn.transaction():
-            existing = await store.claim_batch(
-                conn, batch.batch_id, campaign_id, batch.run_token, len(batch.recipients), at
+    def prepare(self, cause: Cause, batch: BatchQueued, recipients: list[BatchRecipient]) -> domain.Prepared:
+        try:
+            return domain.prepare(
+                batch,
+                recipients,
+                campaign_id=cause.campaign_id,
+                traffic_account=self.settings.mitto_traffic_account_id,
+                default_sender=self.settings.mitto_sender,
+                links=self.settings.links,
             )
-            if existing is not None:
-                await self._seen_before(conn, envelope, batch, campaign_id, existing, at)
-                return
-            go = domain.go_or_defer(await store.load_control(conn, campaign_id), batch.run_token)
-            if go != "send":
-                deferred = BatchDeferred(
-                    batch_id=batch.batch_id,
-                    run_token=batch.run_token,
-                    recipient_ids=tuple(r.id for r in batch.recipients),
-                    reason=go,
-                    at=at,
-                )
-                await self._finish(conn, envelope, campaign_id, deferred, "deferred", at)
-                return
-            duplicates = await store.claim_recipients(conn, campaign_id, batch.batch_id, batch.recipients)
-            claimed = [r for r in batch.recipients if r.phone not in duplicates]
-            await db.add_outbox(
-                conn,
-                [
-                    self._outcome_message(
-                        envelope,
-                        campaign_id,
-                        BatchClaimed(
-                            batch_id=batch.batch_id,
-                            run_token=batch.run_token,
-                            recipient_ids=tuple(r.id for r in claimed),
-                            claimed_at=at,
-                        ),
-                        at,
-                    )
-                ],
-            )
-        dup_results = {
-            r.id: (r.phone, duplicates[r.phone]) for r in batch.recipients if r.phone in duplicates
-        }
-        prepared = domain.prepare(
-            batch,
-            claimed,
-            campaign_id=campaign_id,
-            traffic_account=self.settings.mitto_traffic_account_id,
-            default_sender=self.settings.mitto_sender,
-            links=self.settings.links,
-        )
-        outcome, attempts = (
-            (await self._send_with_retries(prepared.messages)) if claimed else (Accepted(None, ()), 1)
-        )
-        done = now()
-        event: Outcome
-        if isinstance(outcome, Accepted):
-            event = BatchSent(
-                batch_id=batch.batch_id,
-                run_token=batch.run_token,
-                bulk_id=outcome.bulk_id,
-                results=domain.results_of_send(claimed, prepared.parts, outcome, dup_results),
-                retry_count=attempts - 1,
-                sent_at=done,
-            )
-            status = "sent"
-        elif isinstance(outcome, NotSent):
-            event = BatchFailed(
-                batch_id=batch.batch_id,
-                run_token=batch.run_token,
-                recipient_ids=tuple(r.id for r in claimed),
-                error=outcome.error,
-                retry_count=attempts - 1,
-                failed_at=done,
-            )
-            status = "failed"
-        else:
-            event = BatchAmbiguous(
-                batch_id=batch.batch_id,
-                run_token=batch.run_token,
-                recipient_ids=tuple(r.id for r in claimed),
-                reason=outcome.reason,
-                retry_count=attempts - 1,
-                at=done,
-            )
-            status = "ambiguous"
-        await self._record_with_persistence(envelope, campaign_id, claimed, outcome, event, status, done)
+        except Exception as exc:
+            raise Unsendable(f"cannot compose the batch's texts: {type(exc).__name__}: {exc}") from exc
 
-    async def _seen_before(
-        self,
-        conn: Conn,
-        envelope: Envelope,
-        batch: BatchQueued,
-        campaign_id: str,
-        existing: store.ExistingBatch,
-        at: datetime,
-    ) -> None:
-        if existing.outcome is not None:
-            # Already decided: say it again (same event id), never call the provider again.
-            await conn.execute(
-                "INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3)",
-                SMS_OUTCOMES,
-                campaign_id.encode(),
-                existing.outcome,
-            )
-            await conn.execute("SELECT pg_notify($1, current_schema())", db.OUTBOX_CHANNEL)
-            return
-        log.warning("batch %s was interrupted during its provider call; marking it ambiguous", batch.batch_id)
-        recipients = tuple(r.id for r in batch.recipients)
-        ambiguous = BatchAmbiguous(
-            batch_id=batch.batch_id,
-            run_token=batch.run_token,
-            recipient_ids=recipients,
-            reason="sender stopped during the provider call",
-            retry_count=0,
-            at=at,
-        )
-        await conn.execute(
-            "UPDATE sent_recipients SET status = 'ambiguous' WHERE batch_id = $1 AND status = 'claimed'",
-            batch.batch_id,
-        )
-        await self._finish(conn, envelope, campaign_id, ambiguous, "ambiguous", at)
+    async def handle(self, cause: Cause, batch: BatchQueued, raw: bytes) -> str:
+        """Send one batch at most once. Returns what became of it: sent, failed, ambiguous, deferred, or
+        repeated (its outcome was recorded before and has been emitted again)."""
+        async with self.locks.hold(batch.batch_id):
+            prepared = self.prepare(cause, batch, list(batch.recipients))
+            async with self.limits.call(
+                self.settings.mitto_traffic_account_id, len(batch.recipients)
+            ) as permit:
+                claim = await self._claim(cause, batch, raw)
+                if isinstance(claim, str):
+                    permit.unused()
+                    return claim
+                claimed, duplicates = claim
+                prepared = domain.only_claimed(prepared, batch.recipients, duplicates)
+                if claimed:
+                    outcome, attempts = await self.call(prepared.messages)
+                else:
+                    permit.unused()
+                    outcome, attempts = Accepted(None, (), ()), 1
+            verdict = domain.judge(claimed, prepared.parts, outcome)
+            return await self._record(cause, batch, raw, claimed, duplicates, verdict, attempts - 1)
 
-    async def _send_with_retries(self, messages: list[dict[str, Any]]) -> tuple[SendOutcome, int]:
+    async def call(self, messages: list[dict[str, Any]]) -> tuple[SendOutcome, int]:
+        """Call until the answer is final: only what provably never reached the provider is tried again.
+        Returns the final answer and the number of attempts."""
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             attempt += 1
-            async with self.calls:
-                started = asyncio.get_running_loop().time()
-                outcome = await self.mitto.send_bulk(messages)
-                self.metrics.provider_call(
-                    type(outcome).__name__, asyncio.get_running_loop().time() - started
-                )
-            if not (isinstance(outcome, NotSent) and outcome.retry) or attempt >= self.settings.max_attempts:
+            started = loop.time()
+            try:
+                outcome = await self.mitto.send(messages)
+            except Exception as exc:  # the adapter maps every failure; should it not, only this is safe
+                log.exception("provider call failed unexpectedly")
+                outcome = Ambiguous(f"unexpected {type(exc).__name__} during the provider call")
+            self.metrics.provider_call(type(outcome).__name__, loop.time() - started)
+            if not domain.should_retry(outcome, attempt, self.settings.max_attempts):
                 return outcome, attempt
+            assert isinstance(outcome, NotSent)
             delay = domain.backoff_seconds(
                 attempt,
                 base=self.settings.backoff_base_s,
@@ -205,81 +129,175 @@ class BatchSender:
                 retry_after=outcome.retry_after,
                 jitter=random.random(),
             )
-            log.info("provider did not take the batch (%s); retry %d in %.2fs", outcome.error, attempt, delay)
+            self.metrics.retried("429" if outcome.status == 429 else "unreachable")
+            log.info(
+                "provider did not take the call (%s); attempt %d in %.2fs", outcome.error, attempt + 1, delay
+            )
             await asyncio.sleep(delay)
 
-    async def _record_with_persistence(
+    # --- transaction 1 ---------------------------------------------------------------------------
+
+    async def _claim(
+        self, cause: Cause, batch: BatchQueued, raw: bytes
+    ) -> str | tuple[list[BatchRecipient], dict[int, str]]:
+        at = now()
+        cid = cause.campaign_id
+        try:
+            async with self.pool_ref().acquire() as conn, conn.transaction():
+                existing = await store.claim_batch(
+                    conn, batch.batch_id, cid, batch.run_token, cause.tenant_id, len(batch.recipients), at
+                )
+                if existing is not None:
+                    return await self._seen_before(conn, cause, batch, raw, existing, at)
+                go = domain.go_or_defer(await store.load_control(conn, cid), batch.run_token)
+                if go != "send":
+                    ids = [r.id for r in batch.recipients]
+                    event = outcomes.deferred(batch.batch_id, batch.run_token, ids, go, cause=cause, at=at)
+                    await store.finish_batch(conn, batch.batch_id, "deferred", event, error=go, at=at)
+                    await store.add_outbox(conn, SMS_OUTCOMES, cid, [event])
+                    self.metrics.batch_done("deferred", len(ids))
+                    return "deferred"
+                duplicates = await store.claim_recipients(conn, cid, batch.batch_id, batch.recipients)
+                claimed = [r for r in batch.recipients if r.id not in duplicates]
+                event = outcomes.claimed(
+                    batch.batch_id, batch.run_token, [r.id for r in claimed], cause=cause, at=at
+                )
+                await store.add_outbox(conn, SMS_OUTCOMES, cid, [event])
+                return claimed, duplicates
+        except TRANSIENT_ERRORS:
+            raise
+        except (asyncpg.PostgresError, asyncpg.DataError) as exc:
+            raise Unsendable(f"cannot claim the batch: {type(exc).__name__}: {exc}") from exc
+
+    async def _seen_before(
         self,
-        envelope: Envelope,
-        campaign_id: str,
-        claimed: list[BatchRecipient],
-        outcome: SendOutcome,
-        event: Outcome,
-        status: str,
+        conn: Conn,
+        cause: Cause,
+        batch: BatchQueued,
+        raw: bytes,
+        existing: store.ExistingBatch,
         at: datetime,
-    ) -> None:
+    ) -> str:
+        if existing.status == "claimed" and existing.outcome is not None:
+            # An operator's resend was in flight when its process stopped (we hold the lock now).
+            reason = f"{ledger.INTERRUPTED} (operator resend)"
+            await store.set_batch_status(conn, batch.batch_id, "ambiguous", error=reason)
+        if existing.outcome is not None:
+            # Already decided: say it again (same event id), never call the provider again.
+            await store.add_outbox(conn, SMS_OUTCOMES, cause.campaign_id, [existing.outcome])
+            return "repeated"
+        log.warning("batch %s was interrupted during its provider call; it is ambiguous now", batch.batch_id)
+        count = await ledger.declare_interrupted(conn, cause, batch, raw, ledger.INTERRUPTED, at)
+        self.metrics.batch_done("ambiguous", count)
+        return "ambiguous"
+
+    # --- transaction 2 ---------------------------------------------------------------------------
+
+    async def _record(
+        self,
+        cause: Cause,
+        batch: BatchQueued,
+        raw: bytes,
+        claimed: list[BatchRecipient],
+        duplicates: dict[int, str],
+        verdict: domain.Verdict,
+        retries: int,
+    ) -> str:
         """The provider's answer is only in memory now: keep trying to write it rather than lose it."""
         delay = 0.5
         while True:
             try:
                 async with self.pool_ref().acquire() as conn, conn.transaction():
-                    await self._record(conn, campaign_id, claimed, outcome)
-                    await self._finish(conn, envelope, campaign_id, event, status, at)
-                self.metrics.batch_done(status, len(claimed))
-                return
+                    return await self._write(conn, cause, batch, raw, claimed, duplicates, verdict, retries)
             except TRANSIENT_ERRORS:
-                log.exception("could not record the outcome of a batch; retrying in %.1fs", delay)
+                log.exception(
+                    "could not record the outcome of batch %s; retrying in %.1fs", batch.batch_id, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def _record(
-        self, conn: Conn, campaign_id: str, claimed: list[BatchRecipient], outcome: SendOutcome
-    ) -> None:
-        phones = [r.phone for r in claimed]
-        if isinstance(outcome, Accepted):
-            statuses = ["accepted" if i.message_id else "rejected" for i in outcome.items]
-            ids = [i.message_id for i in outcome.items]
-        elif isinstance(outcome, NotSent):
-            statuses, ids = ["rejected"] * len(phones), [None] * len(phones)
-        else:
-            assert isinstance(outcome, Ambiguous)
-            statuses, ids = ["ambiguous"] * len(phones), [None] * len(phones)
-        await store.record_recipients(conn, campaign_id, phones, statuses, ids)
-
-    async def _finish(
+    async def _write(
         self,
         conn: Conn,
-        envelope: Envelope,
-        campaign_id: str,
-        event: Outcome,
-        status: str,
+        cause: Cause,
+        batch: BatchQueued,
+        raw: bytes,
+        claimed: list[BatchRecipient],
+        duplicates: dict[int, str],
+        verdict: domain.Verdict,
+        retries: int,
+    ) -> str:
+        at = now()
+        bid, run, cid = batch.batch_id, batch.run_token, cause.campaign_id
+        current = await store.load_ambiguous(conn, bid, lock=True)
+        assert current is not None
+        state = current[0]
+        if state.status == "ambiguous":
+            return await self._late_answer(conn, cause, batch, claimed, verdict, retries, state.remaining, at)
+        if state.status != "claimed":
+            log.error("batch %s is %s when its answer arrived; the answer is not recorded", bid, state.status)
+            return state.status
+        ids = [r.id for r in claimed]
+        if verdict.status == "sent":
+            results = verdict.results + domain.duplicate_rows(batch.recipients, duplicates)
+            event = outcomes.sent(bid, run, verdict.bulk_id, results, retries, cause=cause, at=at)
+            await store.mark_recipients(conn, cid, bid, rejected=verdict.rejected)
+            await store.finish_batch(
+                conn, bid, "sent", event, bulk_id=verdict.bulk_id, retry_count=retries, at=at
+            )
+        elif verdict.status == "failed":
+            error = verdict.error or "provider refused"
+            event = outcomes.failed(bid, run, ids, error, retries, cause=cause, at=at)
+            await store.mark_recipients(conn, cid, bid, rejected=verdict.rejected)
+            await store.finish_batch(conn, bid, "failed", event, retry_count=retries, error=error, at=at)
+        else:
+            reason = verdict.error or "unknown"
+            event = outcomes.ambiguous(bid, run, ids, reason, retries, cause=cause, at=at)
+            await store.finish_batch(
+                conn,
+                bid,
+                "ambiguous",
+                event,
+                retry_count=retries,
+                error=reason,
+                remaining=len(ids),
+                batch_event=ledger.pack_event(raw),
+                at=at,
+            )
+            await store.add_known_ids(conn, bid, verdict.known_ids)
+        await store.add_outbox(conn, SMS_OUTCOMES, cid, [event])
+        self.metrics.batch_done(verdict.status, len(ids))
+        return verdict.status
+
+    async def _late_answer(
+        self,
+        conn: Conn,
+        cause: Cause,
+        batch: BatchQueued,
+        claimed: list[BatchRecipient],
+        verdict: domain.Verdict,
+        retries: int,
+        remaining: int,
         at: datetime,
-    ) -> None:
-        message = self._outcome_message(envelope, campaign_id, event, at)
-        await store.finish_batch(
+    ) -> str:
+        """Someone declared this batch ambiguous while its call was still running; here is the answer."""
+        if verdict.status == "ambiguous":
+            return "ambiguous"
+        held = {r.phone for r in await ledger.still_held(conn, cause.campaign_id, batch)}
+        resolution = domain.resolve_with_answer(verdict, claimed, held)
+        log.warning(
+            "batch %s: the answer arrived after it was declared ambiguous; resolving it", batch.batch_id
+        )
+        left = await ledger.apply_resolution(
             conn,
-            event.batch_id,
-            status,
-            encode(message.envelope),
-            bulk_id=event.bulk_id if isinstance(event, BatchSent) else None,
-            retry_count=0 if isinstance(event, BatchDeferred) else event.retry_count,
-            error=event.error if isinstance(event, BatchFailed) else getattr(event, "reason", None),
+            cause,
+            batch.batch_id,
+            batch.run_token,
+            "provider_answer",
+            resolution,
+            remaining_before=remaining,
+            bulk_id=verdict.bulk_id,
+            retries=retries,
             at=at,
         )
-        await db.add_outbox(conn, [message])
-
-    def _outcome_message(
-        self, cause: Envelope, campaign_id: str, event: Outcome | BatchClaimed, at: datetime
-    ) -> db.OutboxMessage:
-        return db.OutboxMessage(
-            SMS_OUTCOMES,
-            campaign_id,
-            envelope_for(
-                event,
-                occurred_at=at,
-                tenant_id=cause.tenant_id,
-                campaign_id=campaign_id,
-                caused_by=cause,
-                event_id=domain.outcome_event_id(event.batch_id, type(event).__name__),
-            ),
-        )
+        return "resolved" if left == 0 else "ambiguous"
