@@ -46,6 +46,8 @@ class StackOptions:
     quick_rebalance: bool = True  # short session timeouts: tests and local runs, not production
     # Processes per service (default 1). Replicas of a consumer share its group and so its partitions.
     replicas: dict[str, int] = field(default_factory=dict)
+    # Services to start (the simulator always starts): a test of one service can leave the others out.
+    services: tuple[str, ...] = SERVICES
 
 
 @dataclass
@@ -95,10 +97,11 @@ class LocalStack:
         self.database_url = await self.pg.create_database(self.database_name)
         self._spawn("mitto-sim")
         await self.wait_ready("mitto-sim", path="/healthz")
-        for name in SERVICES:
+        started = [name for name in SERVICES if name in self.options.services]
+        for name in started:
             for replica in range(len(self.replicas[name])):
                 self._spawn(name, replica)
-        for name in SERVICES:
+        for name in started:
             for replica in range(len(self.replicas[name])):
                 await self.wait_ready(name, replica=replica)
 
