@@ -12,7 +12,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from dlr_ingest.app import MIGRATIONS, SCHEMA, create_app
-from dlr_ingest.publisher import BatchPublisher, make_producer
+from dlr_ingest.publisher import publisher_for
 from dlr_ingest.refresh import Refresher, RefreshFailed
 from dlr_ingest.settings import DlrIngestSettings
 from shared.logs import configure_logging
@@ -40,16 +40,8 @@ def refresh_command(argv: Sequence[str]) -> int:
 
 
 async def _refresh(settings: DlrIngestSettings, args: argparse.Namespace) -> int:
-    producer = make_producer(
-        settings,
-        linger_ms=settings.producer_linger_ms,
-        batch_bytes=settings.producer_batch_bytes,
-        request_timeout_ms=settings.producer_request_timeout_ms,
-    )
-    await producer.start()
-    publisher = BatchPublisher(
-        producer, max_backlog_bytes=settings.publish_backlog_bytes, stall_after_s=settings.publish_timeout_s
-    )
+    publisher = publisher_for(settings)
+    await publisher.start()
     refresher = Refresher(settings, publisher.publish, CollectorRegistry())
     try:
         summary = await refresher.run(
@@ -63,7 +55,7 @@ async def _refresh(settings: DlrIngestSettings, args: argparse.Namespace) -> int
         return 1
     finally:
         await refresher.aclose()
-        await producer.stop()
+        await publisher.stop()
     sys.stdout.write(orjson.dumps(summary.as_json()).decode() + "\n")
     return 0
 

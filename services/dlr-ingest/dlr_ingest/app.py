@@ -16,7 +16,7 @@ from starlette.responses import Response
 from dlr_ingest import domain, store
 from dlr_ingest.api import RefreshIn
 from dlr_ingest.links import LinkPages
-from dlr_ingest.publisher import BatchPublisher, make_producer
+from dlr_ingest.publisher import publisher_for
 from dlr_ingest.refresh import Refresher, RefreshFailed
 from dlr_ingest.settings import DlrIngestSettings
 from dlr_ingest.webhook import Webhook
@@ -33,15 +33,7 @@ CONSUMER = "dlr-ingest"
 
 def create_app(settings: DlrIngestSettings) -> FastAPI:
     rt = ServiceRuntime(settings, name="dlr-ingest", schema=SCHEMA, migrations=MIGRATIONS)
-    producer = make_producer(
-        settings,
-        linger_ms=settings.producer_linger_ms,
-        batch_bytes=settings.producer_batch_bytes,
-        request_timeout_ms=settings.producer_request_timeout_ms,
-    )
-    publisher = BatchPublisher(
-        producer, max_backlog_bytes=settings.publish_backlog_bytes, stall_after_s=settings.publish_timeout_s
-    )
+    publisher = publisher_for(settings)
     webhook = Webhook(settings, publisher, rt.registry)
     links = LinkPages(lambda: rt.pool, settings.links.secret, rt.registry)
     refresher = Refresher(settings, publisher.publish, rt.registry)
@@ -56,12 +48,12 @@ def create_app(settings: DlrIngestSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await rt.start()
-        await producer.start()
+        await publisher.start()
         try:
             yield
         finally:
             await refresher.aclose()
-            await producer.stop()
+            await publisher.stop()
             await rt.stop()
 
     app = FastAPI(

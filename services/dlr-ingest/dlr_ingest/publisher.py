@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from dlr_ingest.encoding import partition_for
+from dlr_ingest.settings import DlrIngestSettings
 from shared.config import ServiceSettings
 
 
@@ -49,13 +50,37 @@ class BatchPublisher:
     unacknowledged batch may wait before new requests are refused straight away (the broker is down: every
     caller would only time out)."""
 
-    def __init__(self, producer: AIOKafkaProducer, *, max_backlog_bytes: int, stall_after_s: float) -> None:
-        self.producer = producer
+    def __init__(
+        self,
+        producer_factory: Callable[[], AIOKafkaProducer],
+        *,
+        max_backlog_bytes: int,
+        stall_after_s: float,
+    ) -> None:
+        self._factory = producer_factory
         self.max_backlog_bytes = max_backlog_bytes
         self.stall_after_s = stall_after_s
+        self._producer: AIOKafkaProducer | None = None
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._backlog = 0
         self._unacked: dict[_Batch, float] = {}
+
+    async def start(self) -> None:
+        """Build (aiokafka wants a running loop for that) and connect the producer."""
+        self._producer = self._factory()
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush what is queued, then disconnect."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("the publisher is not started")
+        return self._producer
 
     @property
     def backlog_bytes(self) -> int:
@@ -80,7 +105,12 @@ class BatchPublisher:
         for key, value in records:
             lane = self._lane(topic, partition_for(key, partitions))
             waits.add(self._append(lane, key, value))
-        await asyncio.gather(*waits)
+        # Not gather: a batch is shared by concurrent requests, and a caller that gives up (timeout) must
+        # not cancel the others' wait. `wait` leaves the futures alone when its caller is cancelled.
+        await asyncio.wait(waits)
+        for done in waits:
+            if (exc := done.exception()) is not None:
+                raise exc
 
     def _lane(self, topic: str, partition: int) -> _Lane:
         lane = self._lanes.get((topic, partition))
@@ -153,4 +183,18 @@ def make_producer(
         max_batch_size=batch_bytes,
         max_request_size=max(k.max_request_size, batch_bytes),
         request_timeout_ms=request_timeout_ms,
+    )
+
+
+def publisher_for(settings: DlrIngestSettings) -> BatchPublisher:
+    return BatchPublisher(
+        lambda: make_producer(
+            settings,
+            linger_ms=settings.producer_linger_ms,
+            batch_bytes=settings.producer_batch_bytes,
+            request_timeout_ms=settings.producer_request_timeout_ms,
+        ),
+        max_backlog_bytes=settings.publish_backlog_bytes,
+        # Past the time a request waits for its acknowledgement, the broker is taken for down.
+        stall_after_s=settings.publish_timeout_s,
     )
