@@ -43,6 +43,8 @@ def pod_specs() -> Iterator[tuple[str, Doc]]:
     for _, doc in manifests():
         if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             yield doc["metadata"]["name"], doc["spec"]["template"]
+        elif doc["kind"] == "CronJob":
+            yield doc["metadata"]["name"], doc["spec"]["jobTemplate"]["spec"]["template"]
 
 
 def containers() -> Iterator[tuple[str, Doc]]:
@@ -178,5 +180,9 @@ def test_jobs_create_topics_and_migrate_every_database_service() -> None:
     script = " ".join(migrate["args"])
     for consumer in CONSUMERS:  # the services with a database schema are exactly the consumers
         assert f"python -m {consumer.replace('-', '_')} migrate" in script
+    (reconcile,) = by_kind("CronJob")["smsflow-reconcile"]["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert reconcile["args"][:2] == ["dlr_ingest", "refresh"]
     images = {c["image"] for name, c in containers() if name != "kafka"}
     assert images == {"smsflow"}  # one image; kustomization.yaml sets its name and tag
