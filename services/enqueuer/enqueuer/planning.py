@@ -313,22 +313,20 @@ class BatchWriter:
         self._staged_bytes = 0
 
     def add_chunk(self, rows: list[Any]) -> list[bytes]:
-        out: list[bytes] = []
-        parts: list[str] = []
-        ids: list[int] = []
-        cost = size = 0
-        price = self.pricer.parts_for_json
-        for rid, phone, values in rows:
-            item = recipient_json(rid, phone, values)
-            if ids and size + len(item) > self.max_bytes:
-                out.append(self._close(parts, ids, cost))
-                parts, ids, cost, size = [], [], 0, 0
-            parts.append(item)
-            ids.append(rid)
-            cost += price(values)
+        items = [recipient_json(r[0], r[1], r[2]) for r in rows]
+        ids = [r[0] for r in rows]
+        fixed = self.pricer.fixed
+        costs = [fixed] * len(rows) if fixed is not None else [self.pricer.parts_for_json(r[2]) for r in rows]
+        if sum(map(len, items)) + len(items) <= self.max_bytes:
+            return [self._close(items, ids, sum(costs))]
+        out: list[bytes] = []  # too large for one broker message: split, keeping the order
+        start = size = 0
+        for i, item in enumerate(items):
+            if i > start and size + len(item) + 1 > self.max_bytes:
+                out.append(self._close(items[start:i], ids[start:i], sum(costs[start:i])))
+                start, size = i, 0
             size += len(item) + 1
-        if ids:
-            out.append(self._close(parts, ids, cost))
+        out.append(self._close(items[start:], ids[start:], sum(costs[start:])))
         return out
 
     def _close(self, items: list[str], ids: list[int], cost: int) -> bytes:
@@ -389,7 +387,9 @@ def encode_batch(
 
 
 def recipient_json(rid: int, phone: str, values_json: str) -> str:
-    return f'{{"id":{rid},"phone":{orjson.dumps(phone).decode()},"values":{values_json}}}'
+    """One recipient as JSON. Phones are stored only in E.164 (`+` and digits, from `normalise_phone`) and
+    values are JSON printed by PostgreSQL, so both go in as they are."""
+    return f'{{"id":{rid},"phone":"{phone}","values":{values_json}}}'
 
 
 async def republish_stuck(conn: Conn, stuck: run_store.StuckRun, at: datetime) -> int:

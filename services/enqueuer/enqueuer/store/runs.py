@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
 from enqueuer.domain import PlannedBatch, Run
 from shared.db import OUTBOX_CHANNEL, Conn
@@ -44,10 +43,12 @@ async def count_recipients(conn: Conn, campaign_id: str, state: str | None = Non
 async def stream_recipients(
     conn: Conn, campaign_id: str, state: str, chunk: int
 ) -> AsyncIterator[list[asyncpg.Record]]:
-    """(id, phone, values as JSON text) of recipients in `state`, in id order, `chunk` rows at a time, from a
-    server-side cursor: the audience is never held in memory. Must run inside a transaction."""
+    """(id, phone, values as JSON text) of recipients in `state`, in phone order (the unique index's),
+    `chunk` rows at a time, from a server-side cursor: the audience is never held in memory. Must run inside
+    a transaction."""
     cursor = await conn.cursor(
-        """SELECT id, phone, "values"::text FROM recipients WHERE campaign_id = $1 AND state = $2 ORDER BY id""",
+        """SELECT id, phone, "values"::text FROM recipients WHERE campaign_id = $1 AND state = $2
+           ORDER BY phone""",
         campaign_id,
         state,
     )
@@ -153,14 +154,14 @@ async def insert_run_batches(
     """(batch id, number, size, cost, recipient ids) per batch."""
     await conn.execute(
         """INSERT INTO run_batches (batch_id, run_token, batch_no, size, cost, recipient_ids)
-           SELECT b, $1, n, s, c, ARRAY(SELECT jsonb_array_elements_text(i::jsonb)::bigint)
+           SELECT b, $1, n, s, c, i::bigint[]
            FROM unnest($2::text[], $3::int[], $4::int[], $5::int[], $6::text[]) AS u(b, n, s, c, i)""",
         run_token,
         [b[0] for b in batches],
         [b[1] for b in batches],
         [b[2] for b in batches],
         [b[3] for b in batches],
-        [orjson.dumps(b[4]).decode() for b in batches],
+        ["{" + ",".join(map(str, b[4])) + "}" for b in batches],  # array literals: the cheapest to send
     )
 
 
