@@ -1,30 +1,28 @@
-"""Projector: builds the read models from every topic and serves the read API."""
+"""Projector: builds the read models from every topic and serves the read API (wiring only)."""
 
-import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 
-from projector import projection, store
+from projector import projection
+from projector.api import build_router
+from projector.projection import CONSUMER, TOPICS
+from projector.rebuild import LIVE
 from projector.settings import ProjectorSettings
-from projector.views import status_view
 from shared.broker import BatchConsumer
 from shared.service import ServiceRuntime
-from shared.topics import CAMPAIGN_EVENTS, DELIVERY_REPORTS, SMS_BATCHES, SMS_OUTCOMES, TENANT_EVENTS
-from shared.web import ApiError, OrjsonResponse, install_common
+from shared.web import OrjsonResponse, install_common
 
-SCHEMA = "projector"
+SCHEMA = LIVE
 MIGRATIONS = ("shared", "projector")
-CONSUMER = "projector"
-TOPICS = (TENANT_EVENTS, CAMPAIGN_EVENTS, SMS_BATCHES, SMS_OUTCOMES, DELIVERY_REPORTS)
 
 
 def create_app(settings: ProjectorSettings) -> FastAPI:
     rt = ServiceRuntime(settings, name="projector", schema=SCHEMA, migrations=MIGRATIONS, outbox=False)
-    BatchConsumer(rt.broker, lambda: rt.pool, CONSUMER, projection.apply).subscribe(settings, *TOPICS)
+    BatchConsumer(rt.broker, lambda: rt.pool, CONSUMER, projection.apply).subscribe(
+        settings, *TOPICS, max_records=settings.poll_records
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -35,39 +33,14 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
             await rt.stop()
 
     app = FastAPI(
-        title="SMS campaign read API", version="1", lifespan=lifespan, default_response_class=OrjsonResponse
+        title="SMS campaign read API",
+        version="1",
+        description="Read models built from the event log: campaigns, recipients, delivery status, totals, "
+        "live progress, and operator reports. Authenticate with a tenant's API key (its own data) or the "
+        "operator key (every tenant).",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
     )
     install_common(app, registry=rt.registry, readiness=rt.readiness())
-
-    async def viewer(request: Request) -> str | None:
-        """The caller's tenant id; None for the operator key (reads every tenant)."""
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        if not key:
-            raise ApiError(
-                401, "UNAUTHORIZED", "Send an API key as 'Authorization: Bearer <key>' or 'X-Api-Key'."
-            )
-        if settings.operator_api_key and key == settings.operator_api_key:
-            return None
-        async with rt.pool.acquire() as conn:
-            tenant = await store.tenant_for_key(conn, hashlib.sha256(key.encode()).hexdigest())
-        if tenant is None:
-            raise ApiError(401, "UNAUTHORIZED", "Unknown or revoked API key.")
-        return tenant
-
-    Viewer = Annotated[str | None, Depends(viewer)]
-
-    @app.get("/api/campaigns/{campaign_id}/status")
-    async def campaign_status(campaign_id: str, tenant: Viewer) -> dict[str, Any]:
-        try:
-            uuid.UUID(campaign_id)
-        except ValueError:
-            raise ApiError(400, "INVALID_ID", "The campaign id is not valid.") from None
-        async with rt.pool.acquire() as conn:
-            row = await store.campaign(conn, tenant, campaign_id)
-            if row is None:
-                raise ApiError(404, "RESOURCE_NOT_FOUND", "No such campaign.")
-            breakdown = await store.delivery_breakdown(conn, campaign_id)
-        return status_view(row, breakdown)
-
+    app.include_router(build_router(settings, lambda: rt.pool))
     return app

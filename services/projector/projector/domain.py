@@ -1,13 +1,22 @@
-"""The projector's rules, pure: how reports merge, how a send result moves a recipient, what stats mean."""
+"""The projector's rules, pure: how reports merge, how a send result moves a recipient, how counters move,
+what each count means, and what an operator should run for each kind of unsettled work."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 FINAL = frozenset({"delivered", "failed"})
+
+# Batch statuses: queued and processing hold their members in the batch row; the others are outcomes.
+OPEN_BATCH = frozenset({"queued", "processing"})
+# Members stay listed while the batch is open or was deferred (paused/cancelled before the call).
+MEMBER_BATCH = frozenset({"queued", "processing", "deferred"})
+
+RECIPIENT_STATUSES = ("queued", "processing", "sent", "failed", "ambiguous")
 
 
 @dataclass(frozen=True)
@@ -34,11 +43,12 @@ def merge_delivery(current: DeliveryState | None, report: DeliveryState) -> Deli
     return report
 
 
-def delivery_contribution(state: DeliveryState | None) -> tuple[int, int]:
-    """(delivered, delivery_failed) that one message adds to its campaign."""
-    if state is None:
-        return 0, 0
-    return int(state.status == "delivered"), int(state.status == "failed")
+def fold_reports(current: DeliveryState | None, reports: Iterable[DeliveryState]) -> DeliveryState | None:
+    """`merge_delivery` over reports in log order. (Not associative: always fold from the stored state.)"""
+    state = current
+    for r in reports:
+        state = merge_delivery(state, r)
+    return state
 
 
 def send_result_applies(previous: str | None, new: str) -> bool:
@@ -54,6 +64,34 @@ def send_result_applies(previous: str | None, new: str) -> bool:
 
 
 @dataclass
+class BatchDelta:
+    """Changes to one batch's counters; status refresh and reconciliation read them."""
+
+    accepted: int = 0
+    rejected: int = 0
+    ambiguous: int = 0
+    delivered: int = 0
+    delivery_failed: int = 0
+
+    def send_status(self, status: str | None, sign: int) -> None:
+        if status == "accepted":
+            self.accepted += sign
+        elif status == "rejected":
+            self.rejected += sign
+        elif status == "ambiguous":
+            self.ambiguous += sign
+
+    def delivery_change(self, status: str | None, sign: int) -> None:
+        self.delivered += sign * int(status == "delivered")
+        self.delivery_failed += sign * int(status == "failed")
+
+    def is_empty(self) -> bool:
+        return not (
+            self.accepted or self.rejected or self.ambiguous or self.delivered or self.delivery_failed
+        )
+
+
+@dataclass
 class CampaignDelta:
     """Changes to one campaign's counters from one consumed batch of events."""
 
@@ -63,6 +101,9 @@ class CampaignDelta:
     delivered: int = 0
     delivery_failed: int = 0
     processing: int = 0
+    clicks: int = 0
+    clicked: int = 0
+    unsubscribed: int = 0
     breakdown: Counter[str] = field(default_factory=Counter)
 
     def send_status(self, status: str | None, sign: int) -> None:
@@ -74,22 +115,29 @@ class CampaignDelta:
             self.ambiguous += sign
 
     def delivery(self, state: DeliveryState | None, sign: int) -> None:
-        delivered, failed = delivery_contribution(state)
-        self.delivered += sign * delivered
-        self.delivery_failed += sign * failed
-        if state is not None:
-            self.breakdown[state.raw_status] += sign
+        self.delivery_change(state.status if state else None, state.raw_status if state else None, sign)
+
+    def delivery_change(self, status: str | None, raw_status: str | None, sign: int) -> None:
+        self.delivered += sign * int(status == "delivered")
+        self.delivery_failed += sign * int(status == "failed")
+        if raw_status is not None:
+            self.breakdown[raw_status] += sign
+
+    def counters(self) -> tuple[int, ...]:
+        return (
+            self.accepted,
+            self.rejected,
+            self.ambiguous,
+            self.delivered,
+            self.delivery_failed,
+            self.processing,
+            self.clicks,
+            self.clicked,
+            self.unsubscribed,
+        )
 
     def is_empty(self) -> bool:
-        return not (
-            self.accepted
-            or self.rejected
-            or self.ambiguous
-            or self.delivered
-            or self.delivery_failed
-            or self.processing
-            or any(self.breakdown.values())
-        )
+        return not any(self.counters()) and not any(self.breakdown.values())
 
 
 def stats(row: dict[str, Any]) -> dict[str, int]:
@@ -119,9 +167,64 @@ def stats(row: dict[str, Any]) -> dict[str, int]:
         "pendingDelivery": sent - delivered,
         "processed": processed,
         "clicked": row["clicked"],
+        "clicks": row.get("clicks", 0),
         "unsubscribed": row["unsubscribed"],
     }
 
 
 def progress_percent(s: dict[str, int]) -> float:
     return round(100.0 * s["processed"] / s["total"], 1) if s["total"] else 0.0
+
+
+def recipient_status(send_status: str | None, batch_status: str | None, delivery_status: str | None) -> str:
+    """The seed's per-recipient status: queued → processing → sent | failed (plus ambiguous).
+
+    A recipient in an open or deferred batch of the campaign's current run is queued or processing; one
+    with a send result is sent, failed (rejected, or reported failed) or ambiguous."""
+    if batch_status is not None:
+        return "processing" if batch_status == "processing" else "queued"
+    if send_status == "accepted":
+        return "failed" if delivery_status == "failed" else "sent"
+    if send_status == "rejected":
+        return "failed"
+    if send_status == "ambiguous":
+        return "ambiguous"
+    return "queued"
+
+
+def campaign_status_alias(status: str) -> str:
+    """Shopify's legacy `sent` is `completed`; everything else is already canonical."""
+    return "completed" if status == "sent" else status
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What an operator runs for one kind of unsettled work, and why it is safe."""
+
+    command: str
+    why: str
+
+
+RESOLUTIONS: dict[str, Resolution] = {
+    "stuckProcessing": Resolution(
+        command="restart the sender (python -m sender): on redelivery a batch found claimed without an "
+        "outcome is marked ambiguous and never sent again",
+        why="the sender claimed these batches and recorded no outcome: its provider call was interrupted",
+    ),
+    "sentWithoutFinalStatus": Resolution(
+        command="GET /api/operator/refresh-candidates?olderThanMinutes=N on the projector, then ask Mitto "
+        "for each message (dlr-ingest status refresh publishes the answers as DeliveryReported)",
+        why="Mitto accepted these messages and no final delivery report arrived",
+    ),
+    "ambiguousBatches": Resolution(
+        command="resolve from Mitto's status lookup of each recipient (the sender publishes the per-"
+        "recipient result on sms.outcomes); never re-send automatically",
+        why="Mitto may have accepted these batches (5xx, read timeout, crash after the call)",
+    ),
+    "stuckRuns": Resolution(
+        command="inspect the run's batches (GET /api/campaigns/{id}/status); the enqueuer finishes a run "
+        "when its last batch outcome arrives, so redeliver sms.outcomes to it or resolve its ambiguous "
+        "batches",
+        why="the campaign is sending but none of its batches moved for the given time",
+    ),
+}

@@ -1,17 +1,35 @@
 """Applies one consumed batch of events to the read models: set-based SQL per event kind, counters moved
-by transitions. Any interleaving of the topics converges to the same rows (see domain.py for the rules)."""
+by transitions. Any interleaving of the topics converges to the same rows (see domain.py for the rules).
+
+Within a poll the kinds are applied in a fixed order (facts, batches, outcomes, reports, engagement);
+events of one kind keep their log order. Kinds from different topics commute, so the order is free."""
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-import asyncpg
-import orjson
-
-from projector.domain import CampaignDelta, DeliveryState, merge_delivery, send_result_applies
+from projector.domain import (
+    MEMBER_BATCH,
+    OPEN_BATCH,
+    BatchDelta,
+    CampaignDelta,
+    DeliveryState,
+    fold_reports,
+    send_result_applies,
+)
+from projector.store import writes
+from projector.store.writes import (
+    BatchOutcome,
+    CampaignFields,
+    DeliveryRow,
+    QueuedBatch,
+    SendRow,
+    StatusChange,
+)
 from shared.broker import Delivery
 from shared.db import Conn
 from shared.events import (
@@ -27,255 +45,281 @@ from shared.events import (
     CampaignCompleted,
     CampaignCreated,
     CampaignEnqueued,
+    CampaignEnqueueRefused,
     CampaignFailed,
     CampaignPaused,
     CampaignScheduled,
     CampaignUpdated,
+    ContactUnsubscribed,
     CreditsDebited,
     CreditsReleased,
     CreditsReserved,
+    CreditsToppedUp,
     DeliveryReported,
+    Event,
+    LinkClicked,
+    SubscriptionChanged,
     TenantRegistered,
 )
+from shared.topics import (
+    CAMPAIGN_EVENTS,
+    DELIVERY_REPORTS,
+    ENGAGEMENT_EVENTS,
+    SMS_BATCHES,
+    SMS_OUTCOMES,
+    TENANT_EVENTS,
+)
 
-Deltas = dict[str, CampaignDelta]
-SendRow = tuple[int, str, str, str, str, str | None, str | None, int, str | None, int, datetime]
+CONSUMER = "projector"
+TOPICS = (TENANT_EVENTS, CAMPAIGN_EVENTS, SMS_BATCHES, SMS_OUTCOMES, DELIVERY_REPORTS, ENGAGEMENT_EVENTS)
+
+# Applied once per event id: increments and last-writer fields would move again on a duplicate.
+ONCE = (
+    TenantRegistered,
+    ApiKeyIssued,
+    ApiKeyRevoked,
+    SubscriptionChanged,
+    CreditsToppedUp,
+    CampaignCreated,
+    CampaignUpdated,
+    CampaignScheduled,
+    CampaignEnqueued,
+    CampaignPaused,
+    CampaignCancelled,
+    CampaignCompleted,
+    CampaignFailed,
+    CampaignEnqueueRefused,
+    CreditsReserved,
+    CreditsDebited,
+    CreditsReleased,
+    LinkClicked,
+    ContactUnsubscribed,
+)
+Outcome = BatchClaimed | BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred
+OUTCOMES = (BatchClaimed, BatchSent, BatchFailed, BatchAmbiguous, BatchDeferred)
+FINAL_STATUS = {
+    BatchSent: "sent",
+    BatchFailed: "failed",
+    BatchAmbiguous: "ambiguous",
+    BatchDeferred: "deferred",
+}
+CREDITS = {
+    CreditsReserved: "credits_reserved",
+    CreditsDebited: "credits_debited",
+    CreditsReleased: "credits_released",
+}
 
 
-async def apply(conn: Conn, deliveries: Sequence[Delivery]) -> None:
-    deltas: Deltas = defaultdict(CampaignDelta)
-    tenants: dict[str, str] = {}
-    queued: list[Delivery] = []
-    reports: list[Delivery] = []
-    for d in deliveries:
-        e = d.event
+@dataclass
+class Poll:
+    """What one consumed batch changes beyond its own rows: counters, keyed by campaign and by batch."""
+
+    campaigns: defaultdict[str, CampaignDelta] = field(default_factory=lambda: defaultdict(CampaignDelta))
+    batches: defaultdict[str, BatchDelta] = field(default_factory=lambda: defaultdict(BatchDelta))
+    tenants: dict[str, str] = field(default_factory=dict)  # campaign → tenant, from envelopes
+
+    def delivery(self, campaign_id: str, batch_id: str, status: str | None, raw: str | None, n: int) -> None:
+        self.campaigns[campaign_id].delivery_change(status, raw, n)
+        self.batches[batch_id].delivery_change(status, n)
+
+
+async def apply(conn: Conn, deliveries: Sequence[Delivery], *, consumer: str = CONSUMER) -> None:
+    """Apply `deliveries` in the caller's transaction. Records at or past the positions stored in the
+    schema being written are applied; earlier ones are skipped (see `writes.lock_positions`)."""
+    await writes.lock_apply(conn)
+    positions = await writes.lock_positions(conn, consumer, {(d.topic, d.partition) for d in deliveries})
+    fresh = [d for d in deliveries if d.offset >= positions.get((d.topic, d.partition), 0)]
+    if not fresh:
+        return
+    poll = Poll()
+    for d in fresh:
         if d.envelope.campaign_id and d.envelope.tenant_id:
-            tenants[d.envelope.campaign_id] = d.envelope.tenant_id
-        if isinstance(e, BatchQueued):
-            queued.append(d)
-        elif isinstance(e, DeliveryReported):
-            reports.append(d)
-    # Order inside the poll follows the log for each topic; kinds are applied in this fixed order.
-    for d in deliveries:
-        await _apply_tenant_or_campaign_event(conn, d)
-    await _apply_queued(conn, queued)
-    await _apply_outcomes(conn, [d for d in deliveries if _is_outcome(d)], deltas)
-    await _apply_reports(conn, reports, deltas)
-    await _save_deltas(conn, deltas, tenants)
+            poll.tenants[campaign_of(d)] = d.envelope.tenant_id
+    engagement = await _apply_facts(conn, [d for d in fresh if isinstance(d.event, ONCE)])
+    await _apply_queued(conn, [d for d in fresh if isinstance(d.event, BatchQueued)])
+    await _apply_outcomes(conn, [d for d in fresh if isinstance(d.event, OUTCOMES)], poll)
+    await _apply_reports(conn, [d for d in fresh if isinstance(d.event, DeliveryReported)], poll)
+    await _apply_engagement(conn, engagement, poll)
+    await _save(conn, poll)
 
 
-def _is_outcome(d: Delivery) -> bool:
-    return isinstance(d.event, BatchClaimed | BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred)
+def campaign_of(d: Delivery) -> str:
+    """The envelope's campaign id in PostgreSQL's text form: counters are keyed by it, and rows read back
+    from SQL must land on the same key. An id that is not a UUID fails the event (dead letter)."""
+    return str(uuid.UUID(d.envelope.campaign_id)) if d.envelope.campaign_id else ""
 
 
-async def _apply_tenant_or_campaign_event(conn: Conn, d: Delivery) -> None:
+# --- tenant and campaign facts -----------------------------------------------------------------------
+
+
+async def _apply_facts(conn: Conn, facts: list[Delivery]) -> list[Delivery]:
+    """Apply each new once-only fact in log order; returns the engagement events (applied set-based)."""
+    new = await writes.claim_events(conn, [d.envelope.event_id for d in facts])
+    engagement: list[Delivery] = []
+    for d in facts:
+        if d.envelope.event_id not in new:
+            continue
+        new.discard(d.envelope.event_id)  # the same event twice in one poll: the first one counts
+        if isinstance(d.event, LinkClicked | ContactUnsubscribed):
+            engagement.append(d)
+        else:
+            await _apply_fact(conn, d)
+    return engagement
+
+
+async def _apply_fact(conn: Conn, d: Delivery) -> None:
     e, env = d.event, d.envelope
-    cid, at = env.campaign_id, env.occurred_at
+    tid, cid, at = env.tenant_id, campaign_of(d), env.occurred_at
     if isinstance(e, TenantRegistered):
-        await conn.execute(
-            """INSERT INTO tenants (id, name, channel, default_region) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, channel = EXCLUDED.channel,
-                                              default_region = EXCLUDED.default_region""",
-            env.tenant_id,
-            e.name,
-            e.channel.value,
-            e.default_region,
-        )
+        await writes.upsert_tenant(conn, tid or "", e.name, e.channel.value, e.default_region, e.sender_id)
     elif isinstance(e, ApiKeyIssued):
-        await conn.execute(
-            "INSERT INTO api_keys (key_hash, key_id, tenant_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            e.key_hash,
-            e.key_id,
-            env.tenant_id,
-        )
+        await writes.issue_key(conn, e.key_hash, e.key_id, tid or "")
     elif isinstance(e, ApiKeyRevoked):
-        await conn.execute("UPDATE api_keys SET revoked = true WHERE key_id = $1", e.key_id)
+        await writes.revoke_key(conn, e.key_id)
+    elif isinstance(e, SubscriptionChanged):
+        await writes.set_subscription(conn, tid or "", e.status)
+    elif isinstance(e, CreditsToppedUp):
+        await writes.add_tenant_credits(conn, tid or "", e.credits)
     elif isinstance(e, CampaignCreated):
-        await conn.execute(
-            """INSERT INTO campaigns (id, tenant_id, name, message_text, message_type, channel, sender_id,
-                                      created_at, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-               ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, message_text = EXCLUDED.message_text,
-                   message_type = EXCLUDED.message_type, channel = EXCLUDED.channel, sender_id = EXCLUDED.sender_id,
-                   created_at = EXCLUDED.created_at""",
-            cid,
-            env.tenant_id,
-            e.name,
-            e.text,
-            e.message_type.value,
-            e.channel.value,
-            e.sender_id,
-            e.created_at,
-        )
+        fields = CampaignFields(e.name, e.text, e.message_type.value, e.sender_id, e.offer_url, e.created_at)
+        await writes.create_campaign(conn, cid, tid, e.channel.value, fields)
     elif isinstance(e, CampaignUpdated):
-        await conn.execute(
-            """UPDATE campaigns SET name = $2, message_text = $3, message_type = $4, sender_id = $5, updated_at = $6
-               WHERE id = $1""",
-            cid,
-            e.name,
-            e.text,
-            e.message_type.value,
-            e.sender_id,
-            e.updated_at,
-        )
-    elif isinstance(e, CampaignScheduled):
-        await _set_status(conn, cid, env.tenant_id, "scheduled", at, scheduled_at=e.scheduled_at)
-    elif isinstance(e, CampaignEnqueued):
-        await _set_status(
-            conn,
-            cid,
-            env.tenant_id,
+        fields = CampaignFields(e.name, e.text, e.message_type.value, e.sender_id, e.offer_url, e.updated_at)
+        await writes.update_campaign(conn, cid, fields)
+    elif isinstance(e, CampaignEnqueueRefused):
+        await writes.set_enqueue_error(conn, cid, tid, e.code, e.message, e.refused_at)
+    elif isinstance(e, CreditsReserved | CreditsDebited | CreditsReleased):
+        await writes.add_campaign_credits(conn, cid, tid, CREDITS[type(e)], e.credits)
+    else:
+        change = _status_change(e, at)
+        if change is not None:
+            await writes.set_campaign_status(conn, cid, tid, change)
+
+
+def _status_change(e: Event, at: datetime) -> StatusChange | None:
+    if isinstance(e, CampaignScheduled):
+        return StatusChange("scheduled", at, scheduled_at=e.scheduled_at)
+    if isinstance(e, CampaignEnqueued):
+        return StatusChange(
             "sending",
             at,
             run_token=e.run_token,
+            run_kind=e.run_kind.value,
+            run_total=e.total,
+            batch_count=e.batch_count,
             total=e.campaign_total,
             started_at=e.started_at,
         )
-    elif isinstance(e, CampaignPaused):
-        await _set_status(conn, cid, env.tenant_id, "paused", at)
-    elif isinstance(e, CampaignCancelled):
-        await _set_status(conn, cid, env.tenant_id, "cancelled", at, finished_at=e.cancelled_at)
-    elif isinstance(e, CampaignCompleted):
-        await _set_status(conn, cid, env.tenant_id, "completed", at, finished_at=e.finished_at)
-    elif isinstance(e, CampaignFailed):
-        await _set_status(conn, cid, env.tenant_id, "failed", at, finished_at=e.finished_at)
-    elif isinstance(e, CreditsReserved | CreditsDebited | CreditsReleased):
-        column = {
-            CreditsReserved: "credits_reserved",
-            CreditsDebited: "credits_debited",
-            CreditsReleased: "credits_released",
-        }[type(e)]
-        await conn.execute(f"UPDATE campaigns SET {column} = {column} + $2 WHERE id = $1", cid, e.credits)
+    if isinstance(e, CampaignPaused):
+        return StatusChange("paused", at)
+    if isinstance(e, CampaignCancelled):
+        return StatusChange("cancelled", at, finished_at=e.cancelled_at)
+    if isinstance(e, CampaignCompleted):
+        return StatusChange("completed", at, finished_at=e.finished_at)
+    if isinstance(e, CampaignFailed):
+        return StatusChange("failed", at, finished_at=e.finished_at)
+    return None  # CampaignResumed: the resumed run arrives as its own CampaignEnqueued
 
 
-async def _set_status(
-    conn: Conn,
-    campaign_id: str | None,
-    tenant_id: str | None,
-    status: str,
-    at: datetime,
-    *,
-    run_token: str | None = None,
-    total: int | None = None,
-    started_at: datetime | None = None,
-    finished_at: datetime | None = None,
-    scheduled_at: datetime | None = None,
-) -> None:
-    await conn.execute(
-        """INSERT INTO campaigns (id, tenant_id, status, run_token, total, started_at, finished_at, scheduled_at,
-                                  updated_at)
-           VALUES ($1, $2, $3, $4, coalesce($5, 0), $6, $7, $8, $9)
-           ON CONFLICT (id) DO UPDATE SET
-               status = EXCLUDED.status,
-               run_token = coalesce(EXCLUDED.run_token, campaigns.run_token),
-               total = greatest(campaigns.total, EXCLUDED.total),
-               started_at = coalesce(campaigns.started_at, EXCLUDED.started_at),
-               finished_at = CASE WHEN EXCLUDED.status = 'sending' THEN NULL
-                                  ELSE coalesce(EXCLUDED.finished_at, campaigns.finished_at) END,
-               scheduled_at = coalesce(EXCLUDED.scheduled_at, campaigns.scheduled_at),
-               updated_at = EXCLUDED.updated_at""",
-        campaign_id,
-        tenant_id,
-        status,
-        run_token,
-        total,
-        started_at,
-        finished_at,
-        scheduled_at,
-        at,
-    )
+# --- sms.batches -------------------------------------------------------------------------------------
 
 
 async def _apply_queued(conn: Conn, queued: list[Delivery]) -> None:
     if not queued:
         return
-    rows = []
+    batches: dict[str, QueuedBatch] = {}
     for d in queued:
         e = d.event
         assert isinstance(e, BatchQueued)
-        members = orjson.dumps([[r.id, r.phone] for r in e.recipients]).decode()
-        rows.append((e.batch_id, d.envelope.campaign_id, e.run_token, len(e.recipients), members))
-    await conn.execute(
-        """INSERT INTO batches (batch_id, campaign_id, run_token, size, status, recipients)
-           SELECT b, c::uuid, r, s, 'queued', m::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::int[],
-                                                             $5::text[]) AS u(b, c, r, s, m)
-           ON CONFLICT (batch_id) DO UPDATE SET size = EXCLUDED.size,
-               recipients = CASE WHEN batches.status IN ('queued', 'processing') THEN EXCLUDED.recipients END""",
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        [r[2] for r in rows],
-        [r[3] for r in rows],
-        [r[4] for r in rows],
-    )
+        batches[e.batch_id] = QueuedBatch(
+            e.batch_id,
+            campaign_of(d),
+            e.run_token,
+            e.batch_no,
+            [r.id for r in e.recipients],
+            [r.phone for r in e.recipients],
+        )
+    before = await writes.batch_statuses(conn, list(batches))
+    await writes.upsert_queued(conn, list(batches.values()))
+    late = [b for b in batches.values() if before.get(b.batch_id) in ("failed", "ambiguous")]
+    if late:
+        await writes.fill_phones(conn, late)
 
 
-async def _apply_outcomes(conn: Conn, outcomes: list[Delivery], deltas: Deltas) -> None:
-    """In log order: a claim moves a batch to processing; its first final outcome ends it."""
-    send_rows: list[SendRow] = []
+# --- sms.outcomes ------------------------------------------------------------------------------------
+
+
+async def _apply_outcomes(conn: Conn, outcomes: list[Delivery], poll: Poll) -> None:
+    """In log order: a claim moves a queued batch to processing; its first outcome ends it. Later
+    duplicates of either change nothing."""
+    if not outcomes:
+        return
+    ids = list(dict.fromkeys(d.event.batch_id for d in outcomes))  # type: ignore[attr-defined]
+    states: dict[str, writes.BatchState | None] = dict.fromkeys(ids)
+    states.update(await writes.batch_states(conn, ids))
+    claims: list[writes.Claim] = []
+    finishes: list[BatchOutcome] = []
+    rows: list[SendRow] = []
     for d in outcomes:
-        e, cid = d.event, d.envelope.campaign_id or ""
+        e, cid = d.event, campaign_of(d)
+        assert isinstance(e, OUTCOMES)
+        before = states[e.batch_id]
         if isinstance(e, BatchClaimed):
-            before = await _lock_batch(conn, e.batch_id)
-            if before is None:
-                await conn.execute(
-                    """INSERT INTO batches (batch_id, campaign_id, run_token, size, claimed, status)
-                       VALUES ($1, $2, $3, $4, $4, 'processing')""",
-                    e.batch_id,
-                    cid,
-                    e.run_token,
-                    len(e.recipient_ids),
-                )
-            elif before["status"] == "queued":
-                await conn.execute(
-                    "UPDATE batches SET status = 'processing', claimed = $2 WHERE batch_id = $1",
-                    e.batch_id,
-                    len(e.recipient_ids),
-                )
-            else:
+            if before is not None and before.status != "queued":
                 continue  # claimed before, or already finished
-            deltas[cid].processing += len(e.recipient_ids)
+            claims.append(writes.Claim(e.batch_id, cid, e.run_token, len(e.recipient_ids), e.claimed_at))
+            states[e.batch_id] = writes.BatchState(
+                "processing",
+                len(e.recipient_ids),
+                before.member_ids if before else None,
+                before.member_phones if before else None,
+            )
+            poll.campaigns[cid].processing += len(e.recipient_ids)
             continue
-        assert isinstance(e, BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred)
-        status = {
-            BatchSent: "sent",
-            BatchFailed: "failed",
-            BatchAmbiguous: "ambiguous",
-            BatchDeferred: "deferred",
-        }[type(e)]
-        prev = await _lock_batch(conn, e.batch_id)
-        if prev is None:
-            await conn.execute(
-                "INSERT INTO batches (batch_id, campaign_id, run_token, size, status) VALUES ($1, $2, $3, 0, $4)",
-                e.batch_id,
-                cid,
-                e.run_token,
-                status,
-            )
-        elif prev["status"] in ("queued", "processing"):
-            await conn.execute(
-                "UPDATE batches SET status = $2, recipients = NULL WHERE batch_id = $1", e.batch_id, status
-            )
-            if prev["status"] == "processing":
-                deltas[cid].processing -= prev["claimed"]
-        else:
+        if before is not None and before.status not in OPEN_BATCH:
             continue  # this batch already had its outcome: a duplicate
-        send_rows += _send_rows(cid, e, prev["recipients"] if prev else None)
-    await _write_send_results(conn, send_rows, deltas)
+        outcome = _outcome(cid, e)
+        finishes.append(outcome)
+        kept = outcome.status in MEMBER_BATCH
+        states[e.batch_id] = writes.BatchState(
+            outcome.status,
+            before.claimed if before else 0,
+            before.member_ids if before and kept else None,
+            before.member_phones if before and kept else None,
+        )
+        if before is not None and before.status == "processing":
+            poll.campaigns[cid].processing -= before.claimed
+        rows += _send_rows(cid, e, before)
+    await writes.claim_batches(conn, claims)
+    await writes.finish_batches(conn, finishes)
+    if rows:
+        await _write_send_results(conn, rows, poll)
 
 
-async def _lock_batch(conn: Conn, batch_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT status, claimed, recipients FROM batches WHERE batch_id = $1 FOR UPDATE", batch_id
-    )
+def _outcome(campaign_id: str, e: Outcome) -> BatchOutcome:
+    status = FINAL_STATUS[type(e)]
+    if isinstance(e, BatchSent):
+        return BatchOutcome(
+            e.batch_id, campaign_id, e.run_token, status, e.sent_at, e.bulk_id, None, e.retry_count
+        )
+    if isinstance(e, BatchFailed):
+        return BatchOutcome(
+            e.batch_id, campaign_id, e.run_token, status, e.failed_at, None, e.error, e.retry_count
+        )
+    if isinstance(e, BatchAmbiguous):
+        return BatchOutcome(e.batch_id, campaign_id, e.run_token, status, e.at, None, e.reason, e.retry_count)
+    assert isinstance(e, BatchDeferred)
+    return BatchOutcome(e.batch_id, campaign_id, e.run_token, status, e.at, None, e.reason, 0)
 
 
-def _send_rows(campaign_id: str, e: Any, members: Any) -> list[SendRow]:
-    """Recipient rows for one final outcome; phones of failed/ambiguous batches come from the batch row."""
+def _send_rows(campaign_id: str, e: Outcome, before: writes.BatchState | None) -> list[SendRow]:
+    """Recipient rows of one outcome; phones of failed/ambiguous batches come from the batch's members
+    (or are filled in when its BatchQueued is read later)."""
     if isinstance(e, BatchSent):
         return [
             (
-                r.id,
                 campaign_id,
+                r.id,
                 r.phone,
                 e.batch_id,
                 "accepted" if r.message_id else "rejected",
@@ -289,73 +333,49 @@ def _send_rows(campaign_id: str, e: Any, members: Any) -> list[SendRow]:
             for r in e.results
             if r.duplicate_of is None
         ]
-    if isinstance(e, BatchDeferred):
+    if not isinstance(e, BatchFailed | BatchAmbiguous):
         return []
-    phones = {int(i): p for i, p in (members or [])}
+    phones: dict[int, str] = {}
+    if before is not None and before.member_ids and before.member_phones:
+        phones = dict(zip(before.member_ids, before.member_phones, strict=True))
     status, error, at = (
         ("rejected", e.error, e.failed_at) if isinstance(e, BatchFailed) else ("ambiguous", e.reason, e.at)
     )
     return [
-        (rid, campaign_id, phones.get(rid, ""), e.batch_id, status, None, None, 1, error, e.retry_count, at)
+        (campaign_id, rid, phones.get(rid, ""), e.batch_id, status, None, None, 1, error, e.retry_count, at)
         for rid in e.recipient_ids
     ]
 
 
-async def _write_send_results(conn: Conn, rows: list[SendRow], deltas: Deltas) -> None:
-    if not rows:
-        return
-    ids = [r[0] for r in rows]
-    previous = {
-        r["id"]: r["status"]
-        for r in await conn.fetch(
-            "SELECT id, status FROM recipients WHERE id = ANY($1::bigint[]) FOR UPDATE", ids
-        )
-    }
-    latest: dict[int, SendRow] = {}
+async def _write_send_results(conn: Conn, rows: list[SendRow], poll: Poll) -> None:
+    previous = await writes.send_statuses(conn, [(r[0], r[1]) for r in rows])
+    latest: dict[tuple[str, int], SendRow] = {}
     for row in rows:  # a later result for the same recipient in this poll wins, if it may
-        before = latest[row[0]][4] if row[0] in latest else previous.get(row[0])
+        key = (row[0], row[1])
+        before = latest[key][4] if key in latest else previous.get(key, (None, ""))[0]
         if send_result_applies(before, row[4]):
-            latest[row[0]] = row
-    writes = list(latest.values())
-    if not writes:
+            latest[key] = row
+    if not latest:
         return
-    for row in writes:
-        d = deltas[row[1]]
-        d.send_status(previous.get(row[0]), -1)
-        d.send_status(row[4], +1)
-    columns = list(zip(*writes, strict=True))
-    await conn.execute(
-        """INSERT INTO recipients (id, campaign_id, phone, batch_id, status, message_id, bulk_id, parts, error,
-                                   retry_count, sent_at, failed_at)
-           SELECT id, c::uuid, phone, b, st, mid, bulk, parts, err, rc,
-                  CASE WHEN st = 'accepted' THEN at END, CASE WHEN st = 'rejected' THEN at END
-           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                       $8::int[], $9::text[], $10::int[], $11::timestamptz[])
-                AS u(id, c, phone, b, st, mid, bulk, parts, err, rc, at)
-           ON CONFLICT (id) DO UPDATE SET phone = EXCLUDED.phone, batch_id = EXCLUDED.batch_id,
-               status = EXCLUDED.status, message_id = EXCLUDED.message_id, bulk_id = EXCLUDED.bulk_id,
-               parts = EXCLUDED.parts, error = EXCLUDED.error, retry_count = EXCLUDED.retry_count,
-               sent_at = EXCLUDED.sent_at, failed_at = EXCLUDED.failed_at""",
-        *[list(c) for c in columns],
-    )
+    for key, row in latest.items():
+        if key in previous:
+            status, batch_id = previous[key]
+            poll.campaigns[row[0]].send_status(status, -1)
+            poll.batches[batch_id].send_status(status, -1)
+        poll.campaigns[row[0]].send_status(row[4], +1)
+        poll.batches[row[3]].send_status(row[4], +1)
     # Reports that arrived before their send result have waited in `deliveries`: count them now.
-    accepted = {r[5]: r[1] for r in writes if r[5]}
-    if accepted:
-        for rec in await conn.fetch(
-            "SELECT message_id, status, raw_status, error, provider_time, reported_at FROM deliveries "
-            "WHERE message_id = ANY($1::text[])",
-            list(accepted),
-        ):
-            deltas[accepted[rec["message_id"]]].delivery(_state(rec), +1)
+    for rec in await writes.write_send_results(conn, list(latest.values())):
+        poll.delivery(rec["campaign_id"], rec["batch_id"], rec["status"], rec["raw_status"], rec["n"])
 
 
-def _state(rec: asyncpg.Record) -> DeliveryState:
-    return DeliveryState(
-        rec["status"], rec["raw_status"], rec["error"], rec["provider_time"], rec["reported_at"]
-    )
+# --- delivery.reports --------------------------------------------------------------------------------
 
 
-async def _apply_reports(conn: Conn, reports: list[Delivery], deltas: Deltas) -> None:
+async def _apply_reports(conn: Conn, reports: list[Delivery], poll: Poll) -> None:
+    """Messages without a stored report are inserted in one statement; the others are merged with the
+    stored report in log order and replaced when the merge changed it. Only messages whose send result
+    is known count toward a campaign; the rest are parked until it arrives."""
     if not reports:
         return
     incoming: dict[str, list[DeliveryState]] = defaultdict(list)
@@ -365,80 +385,69 @@ async def _apply_reports(conn: Conn, reports: list[Delivery], deltas: Deltas) ->
         incoming[e.provider_message_id].append(
             DeliveryState(e.status.value, e.raw_status, e.error, e.provider_time, d.envelope.occurred_at)
         )
-    ids = list(incoming)
-    current = {
-        r["message_id"]: _state(r)
-        for r in await conn.fetch(
-            """SELECT message_id, status, raw_status, error, provider_time, reported_at FROM deliveries
-           WHERE message_id = ANY($1::text[]) FOR UPDATE""",
-            ids,
-        )
-    }
-    changed: dict[str, tuple[DeliveryState | None, DeliveryState]] = {}
-    for mid, states in incoming.items():
-        before = current.get(mid)
-        after = before
-        for s in states:
-            after = merge_delivery(after, s)
+    first = [_delivery_row(mid, fold_reports(None, states)) for mid, states in incoming.items()]
+    counted, conflicts = await writes.insert_first_reports(conn, first)
+    for rec in counted:
+        poll.delivery(rec["campaign_id"], rec["batch_id"], rec["status"], rec["raw_status"], rec["n"])
+    if not conflicts:
+        return
+    stored = await writes.stored_reports(conn, conflicts)
+    changed: dict[str, tuple[DeliveryState, DeliveryState]] = {}
+    for mid in conflicts:
+        before = stored[mid]
+        after = fold_reports(before, incoming[mid])
         if after is not None and after != before:
             changed[mid] = (before, after)
     if not changed:
         return
-    rows = [
-        (mid, s.status, s.raw_status, s.error, s.provider_time, s.reported_at)
-        for mid, (_, s) in changed.items()
-    ]
-    await conn.execute(
-        """INSERT INTO deliveries (message_id, status, raw_status, error, provider_time, reported_at)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[])
-           ON CONFLICT (message_id) DO UPDATE SET status = EXCLUDED.status, raw_status = EXCLUDED.raw_status,
-               error = EXCLUDED.error, provider_time = EXCLUDED.provider_time, reported_at = EXCLUDED.reported_at""",
-        *[list(c) for c in zip(*rows, strict=True)],
+    owners = await writes.replace_reports(
+        conn, [_delivery_row(mid, after) for mid, (_, after) in changed.items()]
     )
-    # Only messages whose send result is known count toward a campaign; the rest wait for it.
-    for rec in await conn.fetch(
-        "SELECT message_id, campaign_id::text AS campaign_id FROM recipients WHERE message_id = ANY($1::text[])",
-        list(changed),
-    ):
-        before, after = changed[rec["message_id"]]
-        deltas[rec["campaign_id"]].delivery(before, -1)
-        deltas[rec["campaign_id"]].delivery(after, +1)
+    for mid, (campaign_id, batch_id) in owners.items():
+        before, after = changed[mid]
+        poll.delivery(campaign_id, batch_id, before.status, before.raw_status, -1)
+        poll.delivery(campaign_id, batch_id, after.status, after.raw_status, +1)
 
 
-async def _save_deltas(conn: Conn, deltas: Deltas, tenants: dict[str, str]) -> None:
-    items = [(cid, d) for cid, d in deltas.items() if not d.is_empty()]
-    if not items:
+def _delivery_row(message_id: str, s: DeliveryState | None) -> DeliveryRow:
+    assert s is not None
+    return (message_id, s.status, s.raw_status, s.error, s.provider_time, s.reported_at)
+
+
+# --- engagement.events -------------------------------------------------------------------------------
+
+
+async def _apply_engagement(conn: Conn, events: list[Delivery], poll: Poll) -> None:
+    if not events:
         return
-    await conn.execute(
-        """INSERT INTO campaigns AS c (id, tenant_id, accepted, rejected, ambiguous, delivered, delivery_failed,
-                                       processing)
-           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::int[], $6::int[], $7::int[],
-                                $8::int[])
-           ON CONFLICT (id) DO UPDATE SET accepted = c.accepted + EXCLUDED.accepted,
-               rejected = c.rejected + EXCLUDED.rejected, ambiguous = c.ambiguous + EXCLUDED.ambiguous,
-               delivered = c.delivered + EXCLUDED.delivered, delivery_failed = c.delivery_failed + EXCLUDED.delivery_failed,
-               processing = c.processing + EXCLUDED.processing""",
-        [cid for cid, _ in items],
-        [tenants.get(cid) or await _tenant_of(conn, cid) for cid, _ in items],
-        [d.accepted for _, d in items],
-        [d.rejected for _, d in items],
-        [d.ambiguous for _, d in items],
-        [d.delivered for _, d in items],
-        [d.delivery_failed for _, d in items],
-        [d.processing for _, d in items],
-    )
-    breakdown = [(cid, raw, n) for cid, d in items for raw, n in d.breakdown.items() if n]
-    if breakdown:
-        await conn.execute(
-            """INSERT INTO delivery_breakdown AS b (campaign_id, raw_status, count)
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[])
-               ON CONFLICT (campaign_id, raw_status) DO UPDATE SET count = b.count + EXCLUDED.count""",
-            [b[0] for b in breakdown],
-            [b[1] for b in breakdown],
-            [b[2] for b in breakdown],
+    grouped: dict[tuple[str, int, str], list[datetime]] = defaultdict(list)
+    for d in events:
+        e = d.event
+        if isinstance(e, LinkClicked):
+            grouped[(campaign_of(d), e.recipient_id, "click")].append(e.clicked_at)
+        elif isinstance(e, ContactUnsubscribed):
+            grouped[(campaign_of(d), e.recipient_id, "unsubscribe")].append(e.unsubscribed_at)
+    rows = [(c, r, k, len(ts), min(ts), max(ts)) for (c, r, k), ts in grouped.items()]
+    for rec in await writes.add_engagements(conn, rows):
+        delta = poll.campaigns[rec["campaign_id"]]
+        if rec["kind"] == "click":
+            delta.clicks += len(grouped[(rec["campaign_id"], rec["recipient_id"], "click")])
+            delta.clicked += int(rec["first"])
+        else:
+            delta.unsubscribed += int(rec["first"])
+
+
+# --- counters ----------------------------------------------------------------------------------------
+
+
+async def _save(conn: Conn, poll: Poll) -> None:
+    items = [(cid, d) for cid, d in poll.campaigns.items() if not d.is_empty()]
+    if items:
+        unknown = [cid for cid, _ in items if cid not in poll.tenants]
+        known = await writes.tenants_of(conn, unknown) if unknown else {}
+        await writes.save_campaign_deltas(
+            conn, [(cid, poll.tenants.get(cid) or known.get(cid), d) for cid, d in items]
         )
-
-
-async def _tenant_of(conn: Conn, campaign_id: str) -> str | None:
-    value = await conn.fetchval("SELECT tenant_id::text FROM campaigns WHERE id = $1", campaign_id)
-    return str(value) if value else None
+    batches = [(bid, d) for bid, d in poll.batches.items() if not d.is_empty()]
+    if batches:
+        await writes.save_batch_deltas(conn, batches)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from shared.config import ServiceSettings
 
 
 class ProjectorSettings(ServiceSettings):
     http_port: int = 8004
+    poll_records: int = Field(
+        default=5000, description="records per consumed batch: bigger polls, fewer statements per event"
+    )
+    sse_interval_s: float = Field(default=1.0, description="how often a progress stream looks for changes")
+    sse_keepalive_s: float = Field(default=15.0, description="comment sent on an idle progress stream")
