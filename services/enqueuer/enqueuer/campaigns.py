@@ -118,14 +118,21 @@ async def locked(
     pool: asyncpg.Pool, tenant_id: str, campaign_id: str
 ) -> AsyncIterator[tuple[Conn, store.Campaign]]:
     """A transaction holding the campaign's row lock; 409 when another command holds it, 404 when absent."""
-    async with pool.acquire() as conn, conn.transaction():
-        try:
-            campaign = await store.lock_campaign(conn, tenant_id, campaign_id)
-        except asyncpg.LockNotAvailableError:
-            raise Refused(409, "ALREADY_SENDING", "Another request is working on this campaign.") from None
-        if campaign is None:
-            raise Refused(404, "RESOURCE_NOT_FOUND", "No such campaign.")
-        yield conn, campaign
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            try:
+                campaign = await store.lock_campaign(conn, tenant_id, campaign_id)
+            except asyncpg.LockNotAvailableError:
+                raise Refused(
+                    409, "ALREADY_SENDING", "Another request is working on this campaign."
+                ) from None
+            if campaign is None:
+                raise Refused(404, "RESOURCE_NOT_FOUND", "No such campaign.")
+            yield conn, campaign
+    except asyncpg.DeadlockDetectedError:
+        # A pause or cancel racing the settlement of the run's last batch (which locks run, then campaign):
+        # PostgreSQL rolled this command back whole; the caller may simply try again.
+        raise Refused(409, "CONFLICT", "The campaign changed while this request ran; try again.") from None
 
 
 async def update(
