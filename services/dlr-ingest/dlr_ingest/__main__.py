@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,7 +33,8 @@ def refresh_command(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.older_than_minutes < 0 or args.limit < 1:
         parser.error("--older-than-minutes must be >= 0 and --limit >= 1")
-    settings = DlrIngestSettings()
+    # The refresh needs the broker, the projector and Mitto, not the database.
+    settings = DlrIngestSettings(database_url=os.environ.get("DATABASE_URL", ""))
     configure_logging("dlr-ingest", settings.log_level, settings.log_json)
     if args.limit > settings.refresh_max_limit:
         parser.error(f"--limit is at most {settings.refresh_max_limit} (REFRESH_MAX_LIMIT)")

@@ -102,8 +102,8 @@ def _report(item: Any, index: int) -> Report:
     error = next(
         (item[k] for k in ("error", "errorcode", "description") if item.get(k) not in (None, "")), None
     )
-    if error is not None and not isinstance(error, str | int):
-        raise BadReport("INVALID_REPORT", f"{where}: error must be a string or a number")
+    if error is not None and (not isinstance(error, str | int) or isinstance(error, bool)):
+        raise BadReport("INVALID_REPORT", f"{where}: error must be a string or an integer code")
     stamp = item.get("updatedAt", item.get("timestamp"))
     return Report(
         message_id.strip(),

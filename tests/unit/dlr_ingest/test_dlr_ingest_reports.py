@@ -125,6 +125,7 @@ def test_delivery_status_wins_over_status_when_both_are_present() -> None:
             "INVALID_REPORT",
         ),
         (b'{"messageId": "a", "deliveryStatus": "Delivered", "error": {"x": 1}}', "INVALID_REPORT"),
+        (b'{"messageId": "a", "deliveryStatus": "Delivered", "error": true}', "INVALID_REPORT"),
         (b'[{"messageId": "a", "deliveryStatus": "Delivered"}, {"messageId": "b"}]', "INVALID_REPORT"),
     ],
 )
