@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -231,7 +232,7 @@ async def rebuild(
     unless `keep`). `compare`: checksum both schemas at the same positions, under the lock (seconds on
     large tables, during which the live projection waits). Without `swap`, the rebuilt schema is dropped
     after the comparison unless `keep`."""
-    stamp = stamp or time.strftime("%Y%m%d%H%M%S")
+    stamp = stamp or f"{time.strftime('%Y%m%d%H%M%S')}_{secrets.token_hex(2)}"
     target, retired = f"projector_rebuild_{stamp}", f"projector_retired_{stamp}"
     started = time.perf_counter()
     phases: dict[str, float] = {}

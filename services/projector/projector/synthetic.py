@@ -89,6 +89,22 @@ class Log:
             for i in sorted(rng.sample(range(len(stream)), int(len(stream) * share)), reverse=True):
                 stream.insert(rng.randint(i + 1, len(stream)), stream[i])
 
+    def extend(self, other: Log) -> None:
+        """`other`'s records after this log's, partition by partition (as if published later)."""
+        for tp, stream in other.streams.items():
+            self.streams.setdefault(tp, []).extend(stream)
+
+    def segments(self, count: int) -> list[Log]:
+        """The log cut into `count` consecutive parts, each partition cut alike: publishing the parts one
+        after the other publishes the whole log in order."""
+        parts = [Log(self.partitions) for _ in range(count)]
+        for tp, stream in self.streams.items():
+            size = -(-len(stream) // count)
+            for i, part in enumerate(parts):
+                if stream[i * size : (i + 1) * size]:
+                    part.streams[tp] = stream[i * size : (i + 1) * size]
+        return parts
+
     def records(self) -> dict[tuple[str, int], list[Record]]:
         return {
             tp: [Record(tp[0], tp[1], offset, key, value) for offset, (key, value) in enumerate(stream)]

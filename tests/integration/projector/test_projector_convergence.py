@@ -7,36 +7,22 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from projector import projection
 from projector.app import MIGRATIONS
-from projector.domain import DeliveryState, fold_reports, send_result_applies
 from projector.store import schemas
 from projector.synthetic import CampaignShape, Log, add_campaign, add_tenant, interleave
 from projector.synthetic import Counter as Seq
 
 from shared import db
 from shared.broker import BatchConsumer
-from shared.events import (
-    BatchAmbiguous,
-    BatchClaimed,
-    BatchDeferred,
-    BatchFailed,
-    BatchSent,
-    ContactUnsubscribed,
-    CreditsDebited,
-    DeliveryReported,
-    LinkClicked,
-    decode,
-)
 from shared.infra.postgres import resolve_server
+from tests.integration.projector.projector_harness import campaign_counts, reference
 
 SCHEMAS = ("conv_a", "conv_b")
 
@@ -93,114 +79,6 @@ async def project(url: str, schema: str, polls: list[list[Any]]) -> dict[str, sc
             return await schemas.checksums(conn, schema)
     finally:
         await pool.close()
-
-
-async def campaign_counts(url: str, schema: str) -> dict[str, dict[str, Any]]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            f"""SELECT id::text AS id, status, accepted, rejected, ambiguous, processing, delivered, delivery_failed,
-                       clicks, clicked, unsubscribed, credits_debited FROM {schema}.campaigns"""
-        )
-        return {r["id"]: {k: v for k, v in dict(r).items() if k != "id"} for r in rows}
-    finally:
-        await conn.close()
-
-
-def reference(log: Log) -> dict[str, dict[str, Any]]:
-    """The expected counts, computed from the log in plain Python (first outcome per batch, send results
-    in order, reports folded per message in partition order, facts once per event id)."""
-    records = log.records()
-
-    def events(topic: str) -> Iterator[tuple[Any, Any]]:
-        for (t, _), stream in records.items():
-            if t == topic:
-                for r in stream:
-                    yield decode(r.value)
-
-    out: dict[str, Counter[str]] = defaultdict(Counter)
-    status: dict[str, str] = {}
-    seen: set[str] = set()
-    for env, e in events("campaign.events"):
-        if env.event_id in seen:
-            continue
-        seen.add(env.event_id)
-        if isinstance(e, CreditsDebited):
-            out[env.campaign_id]["credits_debited"] += e.credits
-        name = type(e).__name__
-        if name in STATUS_OF:
-            status[env.campaign_id] = STATUS_OF[name]
-    finished: set[str] = set()
-    claimed: dict[str, tuple[str, int]] = {}
-    send: dict[tuple[str, int], tuple[str, str | None]] = {}
-    for env, e in events("sms.outcomes"):
-        cid = env.campaign_id
-        if isinstance(e, BatchClaimed):
-            if e.batch_id not in finished and e.batch_id not in claimed:
-                claimed[e.batch_id] = (cid, len(e.recipient_ids))
-            continue
-        if e.batch_id in finished:
-            continue
-        finished.add(e.batch_id)
-        claimed.pop(e.batch_id, None)
-        results: list[tuple[int, str, str | None]] = []
-        if isinstance(e, BatchSent):
-            results = [
-                (r.id, "accepted" if r.message_id else "rejected", r.message_id)
-                for r in e.results
-                if not r.duplicate_of
-            ]
-        elif isinstance(e, BatchFailed | BatchAmbiguous):
-            kind = "rejected" if isinstance(e, BatchFailed) else "ambiguous"
-            results = [(rid, kind, None) for rid in e.recipient_ids]
-        else:
-            assert isinstance(e, BatchDeferred)
-        for rid, kind, mid in results:
-            before = send.get((cid, rid), (None, None))[0]
-            if send_result_applies(before, kind):
-                send[(cid, rid)] = (kind, mid)
-    reports: dict[str, list[DeliveryState]] = defaultdict(list)
-    for env, e in events("delivery.reports"):
-        assert isinstance(e, DeliveryReported)
-        reports[e.provider_message_id].append(
-            DeliveryState(e.status.value, e.raw_status, e.error, e.provider_time, env.occurred_at)
-        )
-    for (cid, _), (kind, mid) in send.items():
-        out[cid][kind] += 1
-        state = fold_reports(None, reports.get(mid or "", []))
-        if kind == "accepted" and state is not None:
-            out[cid]["delivered"] += state.status == "delivered"
-            out[cid]["delivery_failed"] += state.status == "failed"
-    for cid, n in claimed.values():
-        out[cid]["processing"] += n
-    clicked: set[tuple[str, int]] = set()
-    unsubscribed: set[tuple[str, int]] = set()
-    for env, e in events("engagement.events"):
-        if env.event_id in seen:
-            continue
-        seen.add(env.event_id)
-        if isinstance(e, LinkClicked):
-            out[env.campaign_id]["clicks"] += 1
-            clicked.add((env.campaign_id, e.recipient_id))
-        elif isinstance(e, ContactUnsubscribed):
-            unsubscribed.add((env.campaign_id, e.recipient_id))
-    for cid, _ in clicked:
-        out[cid]["clicked"] += 1
-    for cid, _ in unsubscribed:
-        out[cid]["unsubscribed"] += 1
-    keys = ("accepted", "rejected", "ambiguous", "processing", "delivered", "delivery_failed", "clicks", "clicked",
-            "unsubscribed", "credits_debited")  # fmt: skip
-    return {cid: {"status": status[cid], **{k: out[cid][k] for k in keys}} for cid in status}
-
-
-STATUS_OF = {
-    "CampaignEnqueued": "sending",
-    "CampaignCompleted": "completed",
-    "CampaignFailed": "failed",
-    "CampaignPaused": "paused",
-    "CampaignCancelled": "cancelled",
-    "CampaignScheduled": "scheduled",
-}
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
