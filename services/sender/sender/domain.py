@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from sender.mitto import Accepted, Ambiguous, Found, NotSent, SendOutcome
 from sender.outcomes import ResultRow, result_row
-from sender.texts import BatchTexts, parts
+from sender.texts import BatchTexts
 from shared.events import BatchQueued, BatchRecipient, MessageType
 from shared.links import LinkSettings
 
@@ -65,17 +65,18 @@ def prepare(
     )
     messages: list[dict[str, Any]] = []
     counts: list[int] = []
+    reference = f"{campaign_id}:"
     for r in recipients:
-        text = texts.text(r.id, r.values)
+        text, n = texts.text_and_parts(r.id, r.values)
         messages.append(
             {
                 "trafficAccountId": traffic_account,
                 "destination": r.phone,
                 "sms": {"text": text, "sender": sender},
-                "reference": f"{campaign_id}:{r.id}",
+                "reference": reference + str(r.id),
             }
         )
-        counts.append(parts(text))
+        counts.append(n)
     return Prepared(messages, counts)
 
 
@@ -117,8 +118,9 @@ class Verdict:
 def judge(claimed: Sequence[BatchRecipient], part_counts: Sequence[int], outcome: SendOutcome) -> Verdict:
     """Results by array position; an item without a message id failed with the provider's reason."""
     if isinstance(outcome, Accepted):
+        # The literal is `outcomes.result_row`, inlined: this runs for every recipient of every batch.
         results = [
-            result_row(r.id, r.phone, message_id=mid, parts=p, error=err)
+            {"id": r.id, "phone": r.phone, "message_id": mid, "parts": p, "error": err, "duplicate_of": None}
             for r, p, mid, err in zip(claimed, part_counts, outcome.message_ids, outcome.errors, strict=True)
         ]
         rejected = [r.phone for r, mid in zip(claimed, outcome.message_ids, strict=True) if mid is None]

@@ -137,7 +137,7 @@ class Resolver:
                 await store.set_batch_status(conn, batch_id, "claimed")
         if not members:
             return Resolved(batch_id, "resend", 0, 0, 0, "nothing left to resend")
-        prepared = self.sender.prepare(cause, batch, members)
+        prepared = await self.sender.prepare(cause, batch, members)
         async with self.sender.limits.call(self.sender.settings.mitto_traffic_account_id, len(members)):
             outcome, attempts = await self.sender.call(prepared.messages)
         verdict = domain.judge(members, prepared.parts, outcome)

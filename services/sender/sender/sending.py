@@ -1,9 +1,11 @@
-"""One batch through the ledger: lock, claim (transaction 1), provider call with retries, record (transaction 2).
+"""One batch through the ledger: compose, lock, claim (transaction 1), provider call with retries, record
+(transaction 2).
 
-- The batch lock (`locks.py`) is taken first: whoever finds a claimed batch without an outcome while
-  holding it knows that the claimant is gone, so the call may have gone out: the batch becomes ambiguous
-  and is never resent from here.
-- The texts are composed before the claim: a batch that cannot even be prepared is never claimed.
+- The texts are composed first, one batch at a time (the CPU-heavy stage): a batch that cannot even be
+  prepared is never claimed, and the batches ahead reach the provider while the next one is composed.
+- The batch lock (`locks.py`) is taken before the claim: whoever finds a claimed batch without an outcome
+  while holding it knows that the claimant is gone, so the call may have gone out: the batch becomes
+  ambiguous and is never resent from here.
 - The claim waits for a call slot and the traffic account's message rate, so pause and cancel are checked
   as late as possible: a batch still waiting for its turn is deferred, not sent.
 - The answer is recorded with the batch still locked; if someone declared the batch ambiguous meanwhile
@@ -22,6 +24,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from sender import domain, ledger, outcomes, store
+from sender.intake import decode_batch
 from sender.limits import TrafficLimits
 from sender.locks import BatchLocks
 from sender.mitto import Accepted, Ambiguous, MittoClient, NotSent, SendOutcome
@@ -35,6 +38,7 @@ from shared.topics import SMS_OUTCOMES
 log = logging.getLogger(__name__)
 
 PoolRef = Callable[[], asyncpg.Pool]
+PREPARE_CHUNK = 500  # recipients composed between two yields to the event loop (~3 ms)
 
 
 def now() -> datetime:
@@ -69,25 +73,54 @@ class BatchSender:
         self.metrics = metrics
         self.locks = locks
         self.limits = limits
+        # Decoding and composing are the CPU-heavy stages: one batch at a time goes through them, yielding
+        # between chunks, so the batches ahead of it reach the provider (and the database) meanwhile
+        # instead of all waiting until every batch of the poll is composed.
+        self._cpu = asyncio.Semaphore(1)
 
-    def prepare(self, cause: Cause, batch: BatchQueued, recipients: list[BatchRecipient]) -> domain.Prepared:
-        try:
-            return domain.prepare(
-                batch,
-                recipients,
-                campaign_id=cause.campaign_id,
-                traffic_account=self.settings.mitto_traffic_account_id,
-                default_sender=self.settings.mitto_sender,
-                links=self.settings.links,
-            )
-        except Exception as exc:
-            raise Unsendable(f"cannot compose the batch's texts: {type(exc).__name__}: {exc}") from exc
+    async def handle_record(self, raw: bytes) -> str:
+        """Decode a sms.batches record and handle it; a DecodeError is raised for the dead-letter topic."""
+        async with self._cpu:
+            cause, batch = decode_batch(raw)
+            prepared = await self._compose(cause, batch, list(batch.recipients))
+        return await self._send(cause, batch, raw, prepared)
 
     async def handle(self, cause: Cause, batch: BatchQueued, raw: bytes) -> str:
         """Send one batch at most once. Returns what became of it: sent, failed, ambiguous, deferred, or
         repeated (its outcome was recorded before and has been emitted again)."""
+        prepared = await self.prepare(cause, batch, list(batch.recipients))
+        return await self._send(cause, batch, raw, prepared)
+
+    async def prepare(
+        self, cause: Cause, batch: BatchQueued, recipients: list[BatchRecipient]
+    ) -> domain.Prepared:
+        async with self._cpu:
+            return await self._compose(cause, batch, recipients)
+
+    async def _compose(
+        self, cause: Cause, batch: BatchQueued, recipients: list[BatchRecipient]
+    ) -> domain.Prepared:
+        messages: list[dict[str, Any]] = []
+        parts: list[int] = []
+        for start in range(0, len(recipients), PREPARE_CHUNK):
+            try:
+                chunk = domain.prepare(
+                    batch,
+                    recipients[start : start + PREPARE_CHUNK],
+                    campaign_id=cause.campaign_id,
+                    traffic_account=self.settings.mitto_traffic_account_id,
+                    default_sender=self.settings.mitto_sender,
+                    links=self.settings.links,
+                )
+            except Exception as exc:
+                raise Unsendable(f"cannot compose the batch's texts: {type(exc).__name__}: {exc}") from exc
+            messages += chunk.messages
+            parts += chunk.parts
+            await asyncio.sleep(0)
+        return domain.Prepared(messages, parts)
+
+    async def _send(self, cause: Cause, batch: BatchQueued, raw: bytes, prepared: domain.Prepared) -> str:
         async with self.locks.hold(batch.batch_id):
-            prepared = self.prepare(cause, batch, list(batch.recipients))
             async with self.limits.call(
                 self.settings.mitto_traffic_account_id, len(batch.recipients)
             ) as permit:
@@ -144,12 +177,12 @@ class BatchSender:
         cid = cause.campaign_id
         try:
             async with self.pool_ref().acquire() as conn, conn.transaction():
-                existing = await store.claim_batch(
+                claim = await store.claim_batch(
                     conn, batch.batch_id, cid, batch.run_token, cause.tenant_id, len(batch.recipients), at
                 )
-                if existing is not None:
-                    return await self._seen_before(conn, cause, batch, raw, existing, at)
-                go = domain.go_or_defer(await store.load_control(conn, cid), batch.run_token)
+                if claim.existing is not None:
+                    return await self._seen_before(conn, cause, batch, raw, claim.existing, at)
+                go = domain.go_or_defer(claim.control, batch.run_token)
                 if go != "send":
                     ids = [r.id for r in batch.recipients]
                     event = outcomes.deferred(batch.batch_id, batch.run_token, ids, go, cause=cause, at=at)

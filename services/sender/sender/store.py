@@ -19,6 +19,14 @@ class ExistingBatch:
     outcome: bytes | None
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What the claim found: None in `existing` when this call claimed the batch; the campaign's control."""
+
+    existing: ExistingBatch | None
+    control: Control | None
+
+
 async def claim_batch(
     conn: Conn,
     batch_id: str,
@@ -27,11 +35,15 @@ async def claim_batch(
     tenant_id: str | None,
     size: int,
     at: datetime,
-) -> ExistingBatch | None:
-    """Claim the batch before any provider call. None when this call claimed it; else what is recorded."""
-    claimed = await conn.fetchval(
-        """INSERT INTO send_batches (batch_id, campaign_id, run_token, tenant_id, status, size, claimed_at)
-           VALUES ($1, $2, $3, $4, 'claimed', $5, $6) ON CONFLICT DO NOTHING RETURNING true""",
+) -> Claim:
+    """Claim the batch before any provider call, and read the campaign's control in the same round trip
+    (each round trip waits for a busy event loop)."""
+    row = await conn.fetchrow(
+        """WITH claimed AS (
+               INSERT INTO send_batches (batch_id, campaign_id, run_token, tenant_id, status, size, claimed_at)
+               VALUES ($1, $2, $3, $4, 'claimed', $5, $6) ON CONFLICT DO NOTHING RETURNING true AS ok)
+           SELECT (SELECT ok FROM claimed) AS claimed, c.status, c.run_token
+           FROM (SELECT 1) AS one LEFT JOIN campaign_control c ON c.campaign_id = $2""",
         batch_id,
         campaign_id,
         run_token,
@@ -39,11 +51,13 @@ async def claim_batch(
         size,
         at,
     )
-    if claimed:
-        return None
+    assert row is not None
+    control = Control(row["status"], row["run_token"]) if row["status"] is not None else None
+    if row["claimed"]:
+        return Claim(None, control)
     found = await lock_batch(conn, batch_id)
     assert found is not None
-    return found
+    return Claim(found, control)
 
 
 async def lock_batch(conn: Conn, batch_id: str) -> ExistingBatch | None:
@@ -211,12 +225,13 @@ async def add_outbox(conn: Conn, topic: str, key: str, values: Sequence[bytes]) 
     if not values:
         return
     await conn.execute(
-        "INSERT INTO outbox (topic, key, value) SELECT $1, $2, v FROM unnest($3::bytea[]) AS u(v)",
+        """WITH added AS (INSERT INTO outbox (topic, key, value) SELECT $1, $2, v FROM unnest($3::bytea[]) AS u(v))
+           SELECT pg_notify($4, current_schema())""",
         topic,
         key.encode(),
         list(values),
+        OUTBOX_CHANNEL,
     )
-    await conn.execute("SELECT pg_notify($1, current_schema())", OUTBOX_CHANNEL)
 
 
 # --- ambiguous batches -------------------------------------------------------------------------------

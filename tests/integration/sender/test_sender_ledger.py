@@ -172,10 +172,10 @@ async def test_a_batch_claimed_by_a_process_that_died_is_ambiguous_on_redelivery
     campaign = new_campaign()
     cause, batch, raw = a_batch(campaign, phones(700, 6))
     async with lg.pool.acquire() as conn, conn.transaction():  # what a crashed process left behind
-        assert (
-            await store.claim_batch(conn, batch.batch_id, campaign, "run-1", "tenant-1", 6, datetime.now(UTC))
-            is None
+        claim = await store.claim_batch(
+            conn, batch.batch_id, campaign, "run-1", "tenant-1", 6, datetime.now(UTC)
         )
+        assert claim.existing is None
         assert await store.claim_recipients(conn, campaign, batch.batch_id, batch.recipients) == {}
 
     assert await sender.handle(cause, batch, raw) == "ambiguous"

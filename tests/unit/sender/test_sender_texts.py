@@ -1,5 +1,6 @@
 """The sender's fast composer must produce exactly the enqueuer's texts (what was priced is what is sent)."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sender.texts import BatchTexts, parts
@@ -45,7 +46,9 @@ def test_composed_text_equals_the_shared_composition(
     template: str, vals: dict[str, str], rid: int, marketing: bool, offer: bool
 ) -> None:
     fast = BatchTexts(template, marketing=marketing, with_offer=offer, links=LINKS)
-    assert fast.text(rid, vals) == reference_text(template, vals, rid, marketing, offer)
+    expected = reference_text(template, vals, rid, marketing, offer)
+    assert fast.text(rid, vals) == expected
+    assert fast.text_and_parts(rid, vals) == (expected, segments(expected).parts)
 
 
 @settings(max_examples=400, deadline=None)
@@ -75,3 +78,27 @@ def test_marketing_message_carries_offer_and_unsubscribe_links_of_its_recipient(
         lines[2]
         == f"To unsubscribe, tap: https://go.example.com/u/{make_token(LINKS.secret, 'unsubscribe', 42)}"
     )
+
+
+@pytest.mark.parametrize(
+    "secret", ["short-secret", "k" * 64, "a much longer secret than one SHA-256 block " * 3]
+)
+def test_tokens_equal_the_shared_ones_for_any_key_length(secret: str) -> None:
+    links = LinkSettings(base_url="https://l.example", secret=secret)
+    fast = BatchTexts("x", marketing=True, with_offer=True, links=links)
+    for rid in (0, 1, 2**40 + 7, 2**63 - 1):
+        assert fast.text(rid, {}) == (
+            f"x\nClaim Offer: https://l.example/l/{make_token(secret, 'offer', rid)}"
+            f"\nTo unsubscribe, tap: https://l.example/u/{make_token(secret, 'unsubscribe', rid)}"
+        )
+
+
+@settings(max_examples=200, deadline=None)
+@given(templates, values, st.booleans())
+def test_part_count_is_right_when_the_links_themselves_are_not_gsm7(
+    template: str, vals: dict[str, str], offer: bool
+) -> None:
+    links = LinkSettings(base_url="https://κλικ.example", secret="a-test-secret")
+    fast = BatchTexts(template, marketing=True, with_offer=offer, links=links)
+    text, count = fast.text_and_parts(99, vals)
+    assert count == segments(text).parts
