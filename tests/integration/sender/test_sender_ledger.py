@@ -4,10 +4,15 @@ redelivery, duplicates, pause/cancel, replicas racing for one batch, and ambiguo
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 import pytest
 from sender import ledger as ledger_tx
 from sender import store
@@ -15,6 +20,7 @@ from sender.resolution import ResolutionRefused
 
 from shared.events import BatchAmbiguous, BatchDeferred, BatchFailed, BatchResolved, BatchSent
 from tests.integration.sender.sender_builders import (
+    SIM_KEY,
     Ledger,
     ScriptedTransport,
     a_batch,
@@ -356,3 +362,43 @@ async def test_a_batch_of_duplicates_only_makes_no_call(lg: Ledger) -> None:
     sent = (await lg.outcomes(campaign))[-1][1]
     assert isinstance(sent, BatchSent)
     assert all(r.duplicate_of for r in sent.results)
+
+
+async def test_a_batch_of_one_goes_through_the_single_send_endpoint(lg: Ledger) -> None:
+    sender, _, _ = lg.sender()
+    campaign = new_campaign()
+    assert await sender.handle(*a_batch(campaign, phones(4000, 1))) == "sent"
+    sent = (await lg.outcomes(campaign))[-1][1]
+    assert isinstance(sent, BatchSent)
+    assert sent.bulk_id is None  # the single-send answer has no bulk id
+    assert sent.results[0].message_id
+    metrics = (await lg.sim.get("/metrics")).text
+    assert 'endpoint="single",status="200"' in metrics
+
+
+async def run_cli(lg: Ledger, *args: str) -> tuple[int, Any]:
+    env = {**os.environ, "DATABASE_URL": lg.url, "MITTO_BASE_URL": lg.sim_url, "MITTO_API_KEY": SIM_KEY}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sender", "ambiguous", *args, env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, orjson.loads(out if proc.returncode == 0 else err)
+
+
+async def test_the_command_line_lists_shows_and_resolves_ambiguous_batches(lg: Ledger) -> None:
+    sender, _, _ = lg.sender(transport=ScriptedTransport([503]))
+    campaign = new_campaign()
+    _, batch, _ = a_batch(campaign, phones(4100, 3))
+    assert await sender.handle(*a_batch(campaign, phones(4100, 3))) == "ambiguous"
+
+    code, listed = await run_cli(lg, "list", "--limit", "1000")
+    assert code == 0
+    assert [b["recipients"] for b in listed if b["batchId"] == batch.batch_id] == [3]
+    code, shown = await run_cli(lg, "show", batch.batch_id)
+    assert (code, [m["phone"] for m in shown["members"]]) == (0, phones(4100, 3))
+    code, done = await run_cli(lg, "resend", batch.batch_id)
+    assert (code, done["accepted"], done["stillAmbiguous"]) == (0, 3, 0)
+    code, refused = await run_cli(lg, "fail", batch.batch_id)
+    assert (code, refused["code"]) == (2, "NOT_AMBIGUOUS")
+    assert await sim_count(lg, campaign) == {"phones": 3, "sends": 3, "max": 1}
