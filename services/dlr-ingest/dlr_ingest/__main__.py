@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 import orjson
+import uvicorn
 from prometheus_client import CollectorRegistry
 
 from dlr_ingest.app import MIGRATIONS, SCHEMA, create_app
@@ -62,10 +63,34 @@ async def _refresh(settings: DlrIngestSettings, args: argparse.Namespace) -> int
     return 0
 
 
+def serve_workers(settings: DlrIngestSettings) -> None:
+    """Several processes accept on one port (the webhook is CPU-bound per report). Each builds its own app
+    from the environment: its own producer (a 202 still means acknowledged), replay cache and consumer (one
+    group member each; the outbox relay runs in whichever holds its lock)."""
+    configure_logging("dlr-ingest", settings.log_level, settings.log_json)
+    uvicorn.run(
+        "dlr_ingest.app:app_from_environment",
+        factory=True,
+        workers=settings.workers,
+        host=settings.http_host,
+        port=settings.http_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["refresh"]:
         raise SystemExit(refresh_command(args[1:]))
+    if args[:1] in ([], ["serve"]):
+        settings = DlrIngestSettings()
+        if settings.workers > 1:
+            serve_workers(settings)
+            return
     serve("dlr-ingest", SCHEMA, MIGRATIONS, DlrIngestSettings, create_app, args)
 
 

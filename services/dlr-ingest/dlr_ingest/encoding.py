@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 
 import orjson
@@ -22,17 +21,17 @@ _VERSION = DeliveryReported.VERSION
 _MASK32 = 0xFFFFFFFF
 _M = 0x5BD1E995
 _SEED = 0x9747B28C
-_WORDS = struct.Struct("<I")
+# Unpackers for keys of up to 128 bytes (message ids are at most 100 characters).
+_WORDS = tuple(struct.Struct(f"<{n}I") for n in range(33))
 
 
-def event_ids(count: int) -> Iterator[str]:
-    """`count` distinct version-4 UUIDs for one request: one random UUID, with its lowest 32 bits (inside the
-    node field, clear of the version and variant bits) XOR-ed with the report's index. Unique within the
+def event_ids(count: int) -> list[str]:
+    """`count` distinct version-4 UUIDs for one request: one random UUID whose last 8 hex digits (inside the
+    node field, clear of the version and variant bits) are XOR-ed with the report's index. Unique within the
     request, and as unlikely as any v4 UUID to collide across requests, for one `urandom` call."""
-    base = uuid.uuid4().int
-    for i in range(count):
-        h = f"{base ^ i:032x}"
-        yield f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    base = str(uuid.uuid4())
+    head, low = base[:-8], int(base[-8:], 16)
+    return [f"{head}{low ^ i:08x}" for i in range(count)]
 
 
 def encode_reports(
@@ -42,14 +41,15 @@ def encode_reports(
     source: str,
     tenant_id: str | None = None,
     campaign_id: str | None = None,
-) -> list[bytes]:
-    """One encoded envelope per report, all received (and occurring) at `received_at`."""
+) -> list[tuple[bytes, bytes]]:
+    """(key, value) records for delivery.reports: the message id, and the envelope of its DeliveryReported,
+    every report received (and occurring) at `received_at`."""
     at = orjson.dumps(received_at, option=orjson.OPT_UTC_Z).decode()[1:-1]
-    out = []
     dumps = orjson.dumps
     utc_z = orjson.OPT_UTC_Z
-    for event_id, r in zip(event_ids(len(reports)), reports, strict=True):
-        out.append(
+    return [
+        (
+            r.message_id.encode(),
             dumps(
                 {
                     "event_id": event_id,
@@ -63,7 +63,7 @@ def encode_reports(
                     "payload": {
                         "provider_message_id": r.message_id,
                         "raw_status": r.raw_status,
-                        "status": r.status.value,
+                        "status": r.status,  # a StrEnum: orjson writes its value
                         "error": r.error,
                         "provider_time": r.provider_time,
                         "received_at": at,
@@ -71,34 +71,35 @@ def encode_reports(
                     },
                 },
                 option=utc_z,
-            )
+            ),
         )
-    return out
+        for event_id, r in zip(event_ids(len(reports)), reports, strict=True)
+    ]
 
 
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (Java client `Utils.murmur2`), equal to `aiokafka.partitioner.murmur2`, reading four
-    bytes at a time: about three times faster than aiokafka's byte-wise version."""
+def murmur2(data: bytes, _words: tuple[struct.Struct, ...] = _WORDS) -> int:
+    """Kafka's murmur2 (Java client `Utils.murmur2`), equal to `aiokafka.partitioner.murmur2`, unpacking the
+    whole words at once: about twice as fast as aiokafka's byte-wise version."""
+    m, mask = _M, _MASK32
     length = len(data)
-    h = (_SEED ^ length) & _MASK32
+    h = (_SEED ^ length) & mask
     whole = length & ~3
-    for (k,) in _WORDS.iter_unpack(data[:whole]):
-        k = (k * _M) & _MASK32
-        k ^= k >> 24
-        k = (k * _M) & _MASK32
-        h = ((h * _M) & _MASK32) ^ k
+    n = whole >> 2
+    words = _words[n].unpack_from(data) if n < len(_words) else struct.unpack_from(f"<{n}I", data)
+    for k in words:
+        k = (k * m) & mask
+        k = ((k ^ (k >> 24)) * m) & mask
+        h = ((h * m) & mask) ^ k
     extra = length & 3
     if extra:
         if extra >= 3:
             h ^= data[whole + 2] << 16
         if extra >= 2:
             h ^= data[whole + 1] << 8
-        h ^= data[whole]
-        h = (h * _M) & _MASK32
+        h = ((h ^ data[whole]) * m) & mask
     h ^= h >> 13
-    h = (h * _M) & _MASK32
-    h ^= h >> 15
-    return h
+    h = (h * m) & mask
+    return h ^ (h >> 15)
 
 
 def partition_for(key: bytes, partitions: int) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from dlr_ingest.encoding import partition_for
+from dlr_ingest.encoding import murmur2
 from dlr_ingest.settings import DlrIngestSettings
 from shared.config import ServiceSettings
 
@@ -101,10 +101,31 @@ class BatchPublisher:
         if self.stalled():
             raise PublishRefused(f"the broker has not acknowledged a batch for over {self.stall_after_s}s")
         partitions = len(await self.producer.partitions_for(topic))
+        lanes = self._lanes
         waits: set[asyncio.Future[None]] = set()
+        touched: set[_Lane] = set()
+        size = 0
+        # One tight loop per request: this runs for every report the webhook takes.
         for key, value in records:
-            lane = self._lane(topic, partition_for(key, partitions))
-            waits.add(self._append(lane, key, value))
+            partition = (murmur2(key) & 0x7FFFFFFF) % partitions
+            lane = lanes.get((topic, partition)) or self._lane(topic, partition)
+            batch = lane.filling[-1] if lane.filling else None
+            if (
+                batch is None
+                or batch.builder.append(timestamp=None, key=key, value=value, headers=[]) is None
+            ):
+                batch = self._open_batch(lane)
+                # A fresh batch takes any one record, however large (max_request_size still applies).
+                batch.builder.append(timestamp=None, key=key, value=value, headers=[])
+            added = len(key) + len(value)
+            batch.size += added
+            size += added
+            waits.add(batch.done)
+            touched.add(lane)
+        self._backlog += size
+        for lane in touched:
+            if lane.pump is None:
+                lane.pump = asyncio.create_task(self._pump(lane))
         # Not gather: a batch is shared by concurrent requests, and a caller that gives up (timeout) must
         # not cancel the others' wait. `wait` leaves the futures alone when its caller is cancelled.
         await asyncio.wait(waits)
@@ -113,24 +134,13 @@ class BatchPublisher:
                 raise exc
 
     def _lane(self, topic: str, partition: int) -> _Lane:
-        lane = self._lanes.get((topic, partition))
-        if lane is None:
-            lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
+        lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
         return lane
 
-    def _append(self, lane: _Lane, key: bytes, value: bytes) -> asyncio.Future[None]:
-        batch = lane.filling[-1] if lane.filling else None
-        if batch is None or batch.builder.append(timestamp=None, key=key, value=value, headers=[]) is None:
-            batch = _Batch(self.producer.create_batch(), asyncio.get_running_loop().create_future())
-            lane.filling.append(batch)
-            # A fresh batch takes any one record, however large (the producer's max_request_size still applies).
-            batch.builder.append(timestamp=None, key=key, value=value, headers=[])
-        added = len(key) + len(value)
-        batch.size += added
-        self._backlog += added
-        if lane.pump is None:
-            lane.pump = asyncio.create_task(self._pump(lane))
-        return batch.done
+    def _open_batch(self, lane: _Lane) -> _Batch:
+        batch = _Batch(self.producer.create_batch(), asyncio.get_running_loop().create_future())
+        lane.filling.append(batch)
+        return batch
 
     async def _pump(self, lane: _Lane) -> None:
         """Hand the lane's batches over in order. `send_batch` returns once aiokafka has room for the

@@ -99,14 +99,13 @@ class Refresher:
             else:
                 summary.count(found)
                 self.lookups.labels(found.status.value).inc()
-                (value,) = encode_reports(
+                records += encode_reports(
                     [found],
                     received_at=at,
                     source="refresh",
                     tenant_id=c.tenant_id,
                     campaign_id=c.campaign_id,
                 )
-                records.append((found.message_id.encode(), value))
         if records:
             try:
                 await self.publish(DELIVERY_REPORTS, records)

@@ -13,6 +13,9 @@ class DlrIngestSettings(ServiceSettings):
     # PostgreSQL serves the link pages only (recipient -> campaign, offer URL, shop); the webhook never
     # touches it.
     http_port: int = 8003
+    workers: int = Field(
+        default=1, ge=1, description="HTTP worker processes sharing the port, each with its own producer"
+    )
 
     # --- webhook authentication: every configured check must pass -----------------------------------
     webhook_secret_header: str = "X-Webhook-Secret"

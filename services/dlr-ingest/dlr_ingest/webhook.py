@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter as Tally
 from datetime import UTC, datetime
+from operator import itemgetter
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.requests import Request
@@ -29,6 +30,7 @@ from shared.web import ApiError
 log = logging.getLogger(__name__)
 
 _ACCEPTED_HEADERS = {"content-type": "application/json"}
+_STATUS = itemgetter(2)  # Report.status, read in C
 
 
 class Webhook:
@@ -93,8 +95,7 @@ class Webhook:
         # so that the provider's retry of the same signed request is not taken for a replay.
         if signature is not None and not self.replays.reserve(signature, time.time(), 2 * policy.tolerance_s):
             raise self.refuse(401, "REPLAYED_SIGNATURE", "This signed request was already received.")
-        values = encode_reports(reports, received_at=datetime.now(UTC), source="webhook")
-        records = [(r.message_id.encode(), v) for r, v in zip(reports, values, strict=True)]
+        records = encode_reports(reports, received_at=datetime.now(UTC), source="webhook")
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -117,7 +118,7 @@ class Webhook:
             ) from None
         self.publish_seconds.observe(loop.time() - started)
         self.requests.inc()
-        for status, n in Tally(r.status.value for r in reports).items():
+        for status, n in Tally(map(_STATUS, reports)).items():
             self.received.labels(status).inc(n)
         return Response(b'{"accepted":%d}' % len(reports), status_code=202, headers=_ACCEPTED_HEADERS)
 
