@@ -7,7 +7,8 @@ events on sms.outcomes alike. Then the operator settles every ambiguous batch (r
 shows it never got it, fail otherwise) and still nobody got a message twice.
 
 The campaign's events are published as the enqueuer would publish them; only the sender and the simulator
-run, so the test depends on nothing else. 10,000 recipients run in `make test`; 50,000 in `make chaos`.
+run, so the test depends on nothing else. 10,000 recipients and one sender run in `make test`; 50,000
+recipients and two sender replicas in one consumer group in `make chaos`.
 """
 
 from __future__ import annotations
@@ -63,12 +64,17 @@ SENDER_ENV = {
 
 @pytest.fixture
 async def stack(request: pytest.FixtureRequest) -> AsyncIterator[LocalStack]:
-    seed = str(
-        sum(map(ord, request.node.name))
-    )  # a different draw of faults for each test, the same on every run
-    s = LocalStack(
-        StackOptions(services=("sender",), sim={**FAULTS, "seed": seed}, env={"sender": SENDER_ENV})
+    """Sender replicas: `request.param` (indirect parametrisation), one by default. The simulator's faults
+    are drawn from a seed of the test's name: different for each test, the same on every run."""
+    seed = str(sum(map(ord, request.node.name)))
+    replicas = int(getattr(request, "param", 1))
+    options = StackOptions(
+        services=("sender",),
+        sim={**FAULTS, "seed": seed},
+        env={"sender": SENDER_ENV},
+        replicas={"sender": replicas},
     )
+    s = LocalStack(options)
     try:
         await s.start()
         yield s
@@ -181,8 +187,9 @@ async def run_campaign_under_faults(
             what="progress",
         )
         await asyncio.sleep(rng.uniform(0.0, 0.4))
-        stack.kill("sender")  # SIGKILL: no graceful shutdown, whatever it was doing
-        await stack.restart("sender")
+        replica = rng.randrange(len(stack.replicas["sender"]))
+        stack.kill("sender", replica=replica)  # SIGKILL: no graceful shutdown, whatever it was doing
+        await stack.restart("sender", replica=replica)
 
     await eventually(
         lambda: caught_up(stack, {("sender", "sender"): ["sms.batches"]}), timeout=240, what="sender done"
@@ -258,6 +265,7 @@ async def test_ten_thousand_recipients_through_faults_and_kills_are_each_sent_at
 
 
 @pytest.mark.chaos
+@pytest.mark.parametrize("stack", [2], indirect=True)  # two replicas share the partitions; either is killed
 async def test_fifty_thousand_recipients_through_faults_and_kills_are_each_sent_at_most_once(
     stack: LocalStack,
 ) -> None:
