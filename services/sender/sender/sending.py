@@ -199,7 +199,7 @@ class BatchSender:
                 return claimed, duplicates
         except TRANSIENT_ERRORS:
             raise
-        except (asyncpg.PostgresError, asyncpg.DataError) as exc:
+        except asyncpg.PostgresError as exc:  # a constraint or bad input (a campaign id that is no uuid)
             raise Unsendable(f"cannot claim the batch: {type(exc).__name__}: {exc}") from exc
 
     async def _seen_before(
