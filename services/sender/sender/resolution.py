@@ -131,12 +131,22 @@ class Resolver:
                     f"The campaign's run is {go}: fail the batch, or resume the campaign first.",
                 )
             members = await ledger.still_held(conn, cause.campaign_id, batch)
-            if members:
-                # Claimed again: a crash during this call leaves it claimed with an outcome, which the
-                # sweep (or the batch's redelivery) turns back into ambiguous, never into a second resend.
-                await store.set_batch_status(conn, batch_id, "claimed")
-        if not members:
-            return Resolved(batch_id, "resend", 0, 0, 0, "nothing left to resend")
+            if not members:  # nobody left to send to: settle the batch as it is
+                nothing = domain.Resolution([], [], [], [])
+                await ledger.apply_resolution(
+                    conn,
+                    cause,
+                    batch_id,
+                    batch.run_token,
+                    "operator_resend",
+                    nothing,
+                    remaining_before=0,
+                    at=now(),
+                )
+                return Resolved(batch_id, "resend", 0, 0, 0, "nothing left to resend")
+            # Claimed again: a crash during this call leaves it claimed with an outcome, which the sweep
+            # (or the batch's redelivery) turns back into ambiguous, never into a second resend.
+            await store.set_batch_status(conn, batch_id, "claimed")
         prepared = await self.sender.prepare(cause, batch, members)
         async with self.sender.limits.call(self.sender.settings.mitto_traffic_account_id, len(members)):
             outcome, attempts = await self.sender.call(prepared.messages)

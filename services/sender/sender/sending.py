@@ -266,7 +266,7 @@ class BatchSender:
         assert current is not None
         state = current[0]
         if state.status == "ambiguous":
-            return await self._late_answer(conn, cause, batch, claimed, verdict, retries, state.remaining, at)
+            return await self._late_answer(conn, cause, batch, claimed, verdict, retries, at)
         if state.status != "claimed":
             log.error("batch %s is %s when its answer arrived; the answer is not recorded", bid, state.status)
             return state.status
@@ -310,7 +310,6 @@ class BatchSender:
         claimed: list[BatchRecipient],
         verdict: domain.Verdict,
         retries: int,
-        remaining: int,
         at: datetime,
     ) -> str:
         """Someone declared this batch ambiguous while its call was still running; here is the answer."""
@@ -318,6 +317,7 @@ class BatchSender:
             return "ambiguous"
         held = {r.phone for r in await ledger.still_held(conn, cause.campaign_id, batch)}
         resolution = domain.resolve_with_answer(verdict, claimed, held)
+        remaining = len(held)
         log.warning(
             "batch %s: the answer arrived after it was declared ambiguous; resolving it", batch.batch_id
         )
