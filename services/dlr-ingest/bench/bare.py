@@ -2,12 +2,13 @@
 every service (uvloop, httptools, no access log), same FastAPI app setup and common middleware
 (`shared.web.install_common`), one POST route that reads the body and answers 202.
 
-    python bare.py --port 8093
+    python bare.py --port 8093 [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -36,9 +37,13 @@ def create_app() -> FastAPI:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     uvicorn.run(
-        create_app(),
+        "bare:create_app",
+        factory=True,
+        app_dir=str(Path(__file__).parent),
+        workers=args.workers,
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",
