@@ -242,7 +242,7 @@ async def test_two_replicas_getting_the_same_batch_call_the_provider_once(lg: Le
 
 
 async def test_an_answer_arriving_after_the_batch_was_declared_ambiguous_resolves_it(lg: Ledger) -> None:
-    await lg.sim_config(latency_ms=500)
+    await lg.sim_config(latency_ms=1500)  # room to declare it ambiguous while the call is in flight
     sender, _, _ = lg.sender()
     campaign = new_campaign()
     cause, batch, raw = a_batch(campaign, phones(1100, 5))
