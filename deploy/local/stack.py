@@ -127,6 +127,9 @@ class LocalStack:
             env.update({"KAFKA_SESSION_TIMEOUT_MS": "6000", "KAFKA_HEARTBEAT_INTERVAL_MS": "1000"})
         if name == "enqueuer":
             env["BATCH_SIZE"] = str(o.batch_size)
+            env["CORS_ALLOW_ORIGINS"] = f'["{self.url("projector")}"]'  # the dashboard sends commands
+        if name == "projector":
+            env["ENQUEUER_PUBLIC_URL"] = self.url("enqueuer")
         if name == "sender":
             env["MITTO_BASE_URL"] = self.url("mitto-sim")
             env["MITTO_API_KEY"] = "local-sim-key"

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from enqueuer import routes_campaigns, routes_contacts, routes_tenants, settlement
@@ -53,6 +54,14 @@ def create_app(settings: EnqueuerSettings) -> FastAPI:
         title="SMS campaign enqueuer", version="1", lifespan=lifespan, default_response_class=OrjsonResponse
     )
     install_common(app, registry=rt.registry, readiness=rt.readiness())
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["X-Api-Key", "Authorization", "Content-Type", "Idempotency-Key"],
+            max_age=600,
+        )
 
     @app.exception_handler(Refused)
     async def on_refused(request: Request, exc: Refused) -> Response:

@@ -31,6 +31,9 @@ class EnqueuerSettings(ServiceSettings):
     import_max_errors: int = Field(default=10_000, ge=0, description="bad rows listed in an import's answer")
     # Must match the sender's: the link length is part of the price of every marketing message.
     links: LinkSettings = Field(default_factory=LinkSettings)
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="browser origins allowed to send commands (the dashboard's)"
+    )
 
     @property
     def stuck_after(self) -> timedelta:

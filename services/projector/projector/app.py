@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from projector import projection
 from projector.api import build_router
+from projector.dashboard import mount_dashboard
 from projector.projection import CONSUMER, TOPICS
 from projector.rebuild import LIVE
 from projector.settings import ProjectorSettings
@@ -43,4 +44,5 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
     )
     install_common(app, registry=rt.registry, readiness=rt.readiness())
     app.include_router(build_router(settings, lambda: rt.pool))
+    mount_dashboard(app, settings)
     return app

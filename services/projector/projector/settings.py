@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from shared.config import ServiceSettings
+from shared.links import LinkSettings
 
 
 class ProjectorSettings(ServiceSettings):
@@ -14,3 +15,8 @@ class ProjectorSettings(ServiceSettings):
     )
     sse_interval_s: float = Field(default=1.0, description="how often a progress stream looks for changes")
     sse_keepalive_s: float = Field(default=15.0, description="comment sent on an idle progress stream")
+    enqueuer_public_url: str = Field(
+        default="http://127.0.0.1:8001", description="where the dashboard (in the browser) sends commands"
+    )
+    # Where recipients' links point: the dashboard's part counter includes them, as the sender sends them.
+    links: LinkSettings = Field(default_factory=LinkSettings)
