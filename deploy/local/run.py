@@ -66,7 +66,8 @@ async def demo(stack: LocalStack, recipients: int) -> None:
                     break
             await asyncio.sleep(0.5)
         print()
-    print(f"\nThe demo tenant's API key: {key}")
+    print(f"\nDashboard:        {projector}/dashboard/#/campaigns/{campaign}")
+    print(f"  sign in with the demo tenant's API key: {key}")
     print(f"Campaign status:  curl -H 'X-Api-Key: {key}' {status_url}")
     print(f"Read API docs:    {projector}/docs")
 
