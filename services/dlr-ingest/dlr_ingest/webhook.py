@@ -15,7 +15,7 @@ from collections import Counter as Tally
 from datetime import UTC, datetime
 from operator import itemgetter
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -69,6 +69,11 @@ class Webhook:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
+        Gauge(
+            "dlr_publish_backlog_bytes",
+            "Report bytes waiting for the broker's acknowledgement (requests refused past the limit)",
+            registry=registry,
+        ).set_function(lambda: publisher.backlog_bytes)
 
     def refuse(self, status: int, code: str, message: str, **extra: object) -> ApiError:
         self.rejected.labels(code).inc()

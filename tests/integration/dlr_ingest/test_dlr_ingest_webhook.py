@@ -308,3 +308,4 @@ async def test_metrics_count_received_rejected_and_publish_latency(http: httpx.A
     assert 'dlr_reports_received_total{status="delivered"}' in text
     assert 'dlr_requests_rejected_total{reason="BAD_SIGNATURE"}' in text
     assert "dlr_publish_seconds_count" in text
+    assert "dlr_publish_backlog_bytes 0.0" in text
