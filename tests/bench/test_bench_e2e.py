@@ -1,0 +1,327 @@
+"""`make bench`: a 1,000,000-recipient campaign end to end — every service its own process, the broker,
+PostgreSQL and the simulator with realistic delivery-report delays — next to the raw rates of the
+components underneath, measured in the same run. Prints a table; writes artifacts/bench/e2e.json and e2e.png.
+
+Nothing here asserts a speed: the figures are for people, the correctness checks are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from deploy.local.stack import REPO, LocalStack, StackOptions
+from shared.infra.ports import free_port
+
+pytestmark = pytest.mark.bench
+
+RECIPIENTS = int(os.environ.get("E2E_RECIPIENTS", "1000000"))
+OUT = REPO / "artifacts" / "bench"
+BENCH_TOOLS = REPO / "services" / "dlr-ingest" / "bench"
+
+
+class RssSampler:
+    """Peak resident memory of each process of the stack, sampled every 200 ms in a thread."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.peak: dict[str, int] = dict.fromkeys(self.procs, 0)
+        self.series: list[tuple[float, dict[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(0.2):
+            now: dict[str, int] = {}
+            for name, p in self.procs.items():
+                with contextlib.suppress(psutil.Error):
+                    rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+                    now[name] = rss
+                    self.peak[name] = max(self.peak[name], rss)
+            self.series.append((time.monotonic() - started, now))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def contacts_csv(count: int, first: int) -> Iterator[bytes]:
+    yield b"phone,first_name\n"
+    chunk = 20_000
+    for start in range(0, count, chunk):
+        yield "".join(
+            f"+30694{first + i:07d},Guest{i}\n" for i in range(start, min(count, start + chunk))
+        ).encode()
+
+
+async def stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for c in chunks:
+        yield c
+
+
+async def raw_copy_and_update(dsn: str, rows: int) -> tuple[float, float]:
+    """COPY of recipient-shaped rows, then one `UPDATE … FROM unnest` per 5,000 rows (the projector's naive path)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "CREATE TEMP TABLE raw_rcpt (id bigint PRIMARY KEY, campaign uuid, phone text, "
+            "status text, message_id text)"
+        )
+        campaign = "00000000-0000-0000-0000-000000000001"
+        records = [(i, campaign, f"+30694{i:07d}", "queued", None) for i in range(rows)]
+        t = time.perf_counter()
+        await conn.copy_records_to_table("raw_rcpt", records=records)
+        copy_rate = rows / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for start in range(0, rows, 5000):
+            ids = list(range(start, min(rows, start + 5000)))
+            await conn.execute(
+                "UPDATE raw_rcpt r SET status = 'sent', message_id = u.m FROM unnest($1::bigint[], $2::text[]) "
+                "AS u(id, m) WHERE r.id = u.id",
+                ids,
+                [f"m{i}" for i in ids],
+            )
+        update_rate = rows / (time.perf_counter() - t)
+        return copy_rate, update_rate
+    finally:
+        await conn.close()
+
+
+async def raw_produce(bootstrap: str, count: int = 200_000) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="lz4")
+    await producer.start()
+    try:
+        topic = f"bench.raw.{secrets.token_hex(3)}"
+        value = b"x" * 200
+        t = time.perf_counter()
+        pending = [await producer.send(topic, value, key=str(i % 64).encode()) for i in range(count)]
+        await asyncio.gather(*pending)
+        return count / (time.perf_counter() - t)
+    finally:
+        await producer.stop()
+
+
+def bare_http_rate(run_dir: Path) -> float:
+    """Requests/s of a bare endpoint on the services' server stack, load from a separate process."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(BENCH_TOOLS / "bare.py"), "--port", str(port)],
+        cwd=REPO,
+        stdout=(run_dir / "bare.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(BENCH_TOOLS / "loadgen.py"),
+                "--url",
+                f"http://127.0.0.1:{port}/webhooks/mitto/dlr",
+                "--reports",
+                "1",
+                "--seconds",
+                "5",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        return float(json.loads(out.stdout)["rps"])
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def chart(
+    timeline: list[tuple[float, dict[str, int]]], rss: list[tuple[float, dict[str, int]]], path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 8), sharex=False)
+    t = [p[0] for p in timeline]
+    for key, label in (
+        ("processed", "sent or failed"),
+        ("accepted", "accepted by Mitto"),
+        ("delivered", "delivery reported"),
+    ):
+        top.plot(t, [p[1].get(key, 0) for p in timeline], label=label)
+    top.set_title(f"{RECIPIENTS:,}-recipient campaign, end to end")
+    top.set_xlabel("seconds since enqueue")
+    top.set_ylabel("recipients")
+    top.legend()
+    names = sorted({n for _, r in rss for n in r})
+    for n in names:
+        bottom.plot([p[0] for p in rss], [p[1].get(n, 0) / 2**20 for p in rss], label=n)
+    bottom.axhline(400, color="red", linestyle=":", label="400 MB")
+    bottom.set_xlabel("seconds since the stack started")
+    bottom.set_ylabel("RSS (MB)")
+    bottom.legend(fontsize="small", ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+async def test_bench_a_million_recipients_end_to_end() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(
+        StackOptions(
+            sim={
+                "reject_share": "0.01",
+                "dlr_delay_ms": "2000",
+                "dlr_jitter_ms": "3000",
+                "dlr_batch_size": "500",
+            },
+            log_level="WARNING",
+        )
+    )
+    await stack.start()
+    timeline: list[tuple[float, dict[str, int]]] = []
+    try:
+        with RssSampler(stack.pids()) as rss:
+            async with httpx.AsyncClient(timeout=600) as http:
+                enq, proj = stack.url("enqueuer"), stack.url("projector")
+                r = await http.post(
+                    f"{enq}/api/tenants",
+                    headers={"X-Api-Key": stack.operator_key},
+                    json={"name": "Bench", "channel": "shopify", "credits": RECIPIENTS * 3},
+                )
+                r.raise_for_status()
+                key = r.json()["apiKey"]
+                headers = {"X-Api-Key": key}
+                t = time.perf_counter()
+                r = await http.post(
+                    f"{enq}/api/contacts/import?consent=granted",
+                    content=stream(contacts_csv(RECIPIENTS, 1_000_000)),
+                    headers={**headers, "Content-Type": "text/csv"},
+                )
+                r.raise_for_status()
+                import_s = time.perf_counter() - t
+                assert r.json()["imported"] == RECIPIENTS
+                r = await http.post(
+                    f"{enq}/api/campaigns",
+                    headers=headers,
+                    json={
+                        "name": "Bench",
+                        "text": "Hi {{first_name}}, 20% off today only!",
+                        "audience": {"all": True},
+                    },
+                )
+                r.raise_for_status()
+                campaign = r.json()["id"]
+
+                t0 = time.perf_counter()
+                r = await http.post(f"{enq}/api/campaigns/{campaign}/enqueue", headers=headers)
+                r.raise_for_status()
+                enqueue_s = time.perf_counter() - t0
+                marks: dict[str, float] = {}
+                while True:
+                    s = await http.get(f"{proj}/api/campaigns/{campaign}/status", headers=headers)
+                    if s.status_code == 200:
+                        st = s.json()["stats"]
+                        now = time.perf_counter() - t0
+                        timeline.append((now, st))
+                        if st["accepted"] and "first_accepted" not in marks:
+                            marks["first_accepted"] = now
+                        if st["processed"] >= st["total"] == RECIPIENTS and "sent" not in marks:
+                            marks["sent"] = now
+                        if "sent" in marks and st["pendingDelivery"] == 0:
+                            marks["reported"] = now
+                            break
+                    if time.perf_counter() - t0 > 1800:
+                        raise AssertionError(
+                            f"not finished after 30 minutes: {timeline[-1] if timeline else None}"
+                        )
+                    await asyncio.sleep(0.25)
+                final = timeline[-1][1]
+                sends = (await http.get(f"{stack.url('mitto-sim')}/sim/sends?campaign={campaign}")).json()
+        copy_rate, update_rate = await raw_copy_and_update(stack.database_url, RECIPIENTS)
+        produce_rate = await raw_produce(stack.broker.bootstrap)
+        http_rate = await asyncio.to_thread(bare_http_rate, stack.dir)
+    finally:
+        await stack.stop()
+
+    assert sends["max_per_phone"] == 1
+    assert final["processed"] == RECIPIENTS
+    assert final["sent"] + final["failed"] == RECIPIENTS
+    e2e_s = marks["reported"]
+    send_s = marks["sent"]
+    result = {
+        "recipients": RECIPIENTS,
+        "import_s": round(import_s, 2),
+        "import_rows_per_s": round(RECIPIENTS / import_s),
+        "enqueue_s": round(enqueue_s, 2),
+        "enqueue_rows_per_s": round(RECIPIENTS / enqueue_s),
+        "first_accepted_s": round(marks["first_accepted"], 2),
+        "all_sent_s": round(send_s, 2),
+        "send_messages_per_s": round(RECIPIENTS / (send_s - marks["first_accepted"])),
+        "enqueue_to_last_report_s": round(e2e_s, 2),
+        "end_to_end_messages_per_s": round(RECIPIENTS / e2e_s),
+        "sent": final["sent"],
+        "failed": final["failed"],
+        "delivered": final["delivered"],
+        "peak_rss_mb": {n: round(v / 2**20) for n, v in sorted(rss.peak.items())},
+        "raw": {
+            "copy_rows_per_s": round(copy_rate),
+            "batched_update_rows_per_s": round(update_rate),
+            "produce_messages_per_s": round(produce_rate),
+            "bare_http_requests_per_s": round(http_rate),
+        },
+    }
+    result["ratios"] = {
+        "enqueue_vs_copy": round(result["enqueue_rows_per_s"] / copy_rate, 3),
+        "end_to_end_vs_batched_update": round(result["end_to_end_messages_per_s"] / update_rate, 3),
+        "end_to_end_vs_produce": round(result["end_to_end_messages_per_s"] / produce_rate, 3),
+    }
+    (OUT / "e2e.json").write_text(json.dumps(result, indent=2))
+    chart(timeline, rss.series, OUT / "e2e.png")
+    print(
+        "\n"
+        + "\n".join(
+            [
+                f"end to end, {RECIPIENTS:,} recipients (every service its own process)",
+                f"  contacts import          {result['import_s']:>8.1f} s   {result['import_rows_per_s']:>9,} rows/s",
+                f"  enqueue (materialise+publish) {result['enqueue_s']:>5.1f} s   {result['enqueue_rows_per_s']:>9,} rows/s"
+                f"   vs raw COPY {copy_rate:>9,.0f} rows/s  ratio {result['ratios']['enqueue_vs_copy']:.2f}",
+                f"  first message accepted   {result['first_accepted_s']:>8.1f} s after enqueue",
+                f"  every message sent       {result['all_sent_s']:>8.1f} s   {result['send_messages_per_s']:>9,} msg/s",
+                f"  enqueue -> last report   {e2e_s:>8.1f} s   {result['end_to_end_messages_per_s']:>9,} msg/s end to end"
+                f"   (target >= 10,000; 1M in <= 100 s)",
+                f"  raw batched UPDATE       {update_rate:>9,.0f} rows/s   ratio e2e/update "
+                f"{result['ratios']['end_to_end_vs_batched_update']:.2f}",
+                f"  raw produce (acks=all)   {produce_rate:>9,.0f} msg/s    ratio e2e/produce "
+                f"{result['ratios']['end_to_end_vs_produce']:.2f}",
+                f"  raw bare HTTP endpoint   {http_rate:>9,.0f} req/s",
+                "  peak RSS (MB): " + ", ".join(f"{n} {v}" for n, v in result["peak_rss_mb"].items()),
+                f"  results: {OUT / 'e2e.json'}, chart: {OUT / 'e2e.png'}",
+            ]
+        )
+    )
