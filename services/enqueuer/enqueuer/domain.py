@@ -12,6 +12,7 @@ from shared.events import (
     BatchAmbiguous,
     BatchDeferred,
     BatchFailed,
+    BatchResolved,
     BatchSent,
     CampaignCompleted,
     CampaignFailed,
@@ -141,12 +142,37 @@ class PlannedBatch:
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    status: str  # sent | failed | ambiguous | deferred
+    status: str  # sent | failed | ambiguous | deferred | resolved (some of an ambiguous batch became known)
     accepted_ids: tuple[int, ...] = ()
     failed_ids: tuple[int, ...] = ()
     ambiguous_ids: tuple[int, ...] = ()
     deferred_ids: tuple[int, ...] = ()
     accepted_parts: int = 0
+
+    @property
+    def resolved_count(self) -> int:
+        return len(self.accepted_ids) + len(self.failed_ids)
+
+
+def resolution_outcome(event: BatchResolved, still_ambiguous: set[int]) -> BatchOutcome:
+    """The part of a resolution that is news: recipients of the batch that were still ambiguous. A
+    resolution seen twice (or results already known) resolves nobody again."""
+    fresh = [r for r in event.results if r.id in still_ambiguous]
+    accepted = [r for r in fresh if r.message_id is not None]
+    return BatchOutcome(
+        "resolved",
+        accepted_ids=tuple(r.id for r in accepted),
+        failed_ids=tuple(r.id for r in fresh if r.message_id is None),
+        accepted_parts=sum(max(r.parts, 1) for r in accepted),
+    )
+
+
+def batch_status_after(batch: PlannedBatch, outcome: BatchOutcome) -> tuple[str, int]:
+    """(status, ambiguous recipients) the batch keeps after `outcome`."""
+    if outcome.status != "resolved":
+        return outcome.status, len(outcome.ambiguous_ids)
+    left = max(batch.ambiguous - outcome.resolved_count, 0)
+    return ("ambiguous" if left else "sent"), left
 
 
 def outcome_of(event: BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred) -> BatchOutcome:
@@ -197,15 +223,18 @@ def settle_batch(
     A run is completed when every batch has an outcome and none is ambiguous; failed when nobody in the
     campaign was accepted. A paused or cancelled run ends without a completion event.
     """
-    resolving = batch.status == "ambiguous" and outcome.status in ("sent", "failed")
+    resolving = batch.status == "ambiguous" and outcome.status in ("sent", "failed", "resolved")
     if batch.status not in ("queued", "claimed") and not resolving:
         return None
+    if outcome.status == "resolved" and outcome.resolved_count == 0:
+        return None
+    no_longer_ambiguous = outcome.resolved_count if outcome.status == "resolved" else batch.ambiguous
     updated = replace(
         run,
         settled=run.settled + (0 if resolving else 1),
         accepted=run.accepted + len(outcome.accepted_ids),
         failed=run.failed + len(outcome.failed_ids),
-        ambiguous=run.ambiguous + len(outcome.ambiguous_ids) - (batch.ambiguous if resolving else 0),
+        ambiguous=run.ambiguous + len(outcome.ambiguous_ids) - (no_longer_ambiguous if resolving else 0),
         deferred=run.deferred + len(outcome.deferred_ids),
     )
     events: list[Event] = []

@@ -18,6 +18,7 @@ from shared.events import (
     BatchClaimed,
     BatchDeferred,
     BatchFailed,
+    BatchResolved,
     BatchSent,
     ContactUnsubscribed,
     Envelope,
@@ -28,17 +29,20 @@ from shared.events import (
 async def apply(conn: Conn, envelope: Envelope, event: Event) -> None:
     if isinstance(event, BatchClaimed):
         await run_store.mark_batch_claimed(conn, event.batch_id, envelope.occurred_at)
-    elif isinstance(event, BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred):
+    elif isinstance(event, BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred | BatchResolved):
         await apply_outcome(conn, envelope, event)
     elif isinstance(event, ContactUnsubscribed):
         await apply_unsubscribe(conn, envelope, event)
 
 
 async def apply_outcome(
-    conn: Conn, envelope: Envelope, event: BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred
+    conn: Conn,
+    envelope: Envelope,
+    event: BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred | BatchResolved,
 ) -> None:
-    """Settle a batch outcome into its run (once; an ambiguous batch may be resolved later), move the credits
-    and finish the run when it is over. Outcomes of batches this enqueuer never planned are ignored."""
+    """Settle a batch outcome into its run (once; an ambiguous batch may be resolved later, in one or several
+    BatchResolved steps), move the credits and finish the run when it is over. Outcomes of batches this
+    enqueuer never planned are ignored."""
     found = await run_store.load_batch(conn, event.batch_id)
     if found is None:
         return
@@ -46,7 +50,13 @@ async def apply_outcome(
     run = await run_store.load_run(conn, run_token)
     assert run is not None, f"run {run_token} of batch {event.batch_id} is missing"
     tenant_id = await run_store.run_tenant(conn, run_token)
-    outcome = domain.outcome_of(event)
+    if isinstance(event, BatchResolved):
+        if batch.status != "ambiguous":
+            return
+        still = await run_store.ambiguous_recipients(conn, run.campaign_id, [r.id for r in event.results])
+        outcome = domain.resolution_outcome(event, still)
+    else:
+        outcome = domain.outcome_of(event)
     at = envelope.occurred_at
     available = 0
     if outcome.accepted_parts and not run.reservation_open:
@@ -61,13 +71,14 @@ async def apply_outcome(
     )
     if settlement is None:
         return
+    status, ambiguous_left = domain.batch_status_after(batch, outcome)
     await run_store.settle_batch(
         conn,
         event.batch_id,
-        outcome.status,
+        status,
         len(outcome.accepted_ids),
         len(outcome.failed_ids),
-        len(outcome.ambiguous_ids),
+        ambiguous_left,
         settlement.batch_debited + settlement.late_charge,
         at,
     )

@@ -80,6 +80,17 @@ async def set_recipient_state(conn: Conn, campaign_id: str, ids: Sequence[int], 
         )
 
 
+async def ambiguous_recipients(conn: Conn, campaign_id: str, ids: Sequence[int]) -> set[int]:
+    """Which of `ids` are still ambiguous, locked until the end of the transaction."""
+    rows = await conn.fetch(
+        "SELECT id FROM recipients WHERE campaign_id = $1 AND id = ANY($2::bigint[]) AND state = 'ambiguous' "
+        "FOR UPDATE",
+        campaign_id,
+        list(ids),
+    )
+    return {r["id"] for r in rows}
+
+
 async def recipient_counts(conn: Conn, campaign_id: str) -> dict[str, int]:
     rows = await conn.fetch(
         "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY state", campaign_id
