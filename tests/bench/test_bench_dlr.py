@@ -13,6 +13,7 @@ aiokafka with acks=all. Prints figures; asserts only that what was accepted is i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -26,6 +27,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -76,7 +78,22 @@ async def wait_ready(url: str, popen: subprocess.Popen[bytes], log: Path) -> Non
     raise TimeoutError(f"{url} not ready; see {log}")
 
 
-async def load(url: str, *, reports: int, rate: float = 0.0, seconds: float = SECONDS) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a server process and its workers so far."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+async def load(
+    url: str, *, reports: int, server: int, rate: float = 0.0, seconds: float = SECONDS
+) -> dict[str, Any]:
+    """One run of the load generator; adds the server's CPU per request, a figure that other people's work
+    on a shared machine skews much less than the rates."""
     args = [
         sys.executable, str(BENCH / "loadgen.py"), "--url", f"{url}/webhooks/mitto/dlr",
         "--reports", str(reports), "--seconds", str(seconds), "--connections", str(CONNECTIONS),
@@ -84,12 +101,15 @@ async def load(url: str, *, reports: int, rate: float = 0.0, seconds: float = SE
     ]  # fmt: skip
     if rate:
         args += ["--rate", f"{rate:.1f}"]
+    cpu_before = cpu_seconds(server)
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     result: dict[str, Any] = json.loads(out)
+    cpu = cpu_seconds(server) - cpu_before
+    result["server_cpu_us_per_request"] = round(cpu / max(1, result["requests"]) * 1e6, 1)
     return result
 
 
@@ -122,7 +142,8 @@ async def raw_produce(bootstrap: str, count: int = 200_000, lanes: int = 32) -> 
 def line(name: str, r: dict[str, Any]) -> str:
     return (
         f"  {name:<34} {r['rps']:>9.0f} req/s {r['reports_per_s']:>10.0f} reports/s"
-        f"   p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>7.2f} ms  statuses {r['statuses']}"
+        f"   p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>7.2f} ms"
+        f"  server CPU {r['server_cpu_us_per_request']:>6.0f} us/request  {r['statuses']}"
     )
 
 
@@ -150,13 +171,15 @@ async def measure(workers: int, broker: TansuBroker, database_url: str, run_dir:
         await wait_ready(dlr_url, dlr, dlr_log)
         await wait_ready(bare_url, bare, bare_log)
         before = sum((await end_offsets(broker.bootstrap, ["delivery.reports"])).values())
-        await load(dlr_url, reports=1, seconds=2)  # warm-up: connections, metadata, first batches
-        await load(bare_url, reports=1, seconds=2)
+        await load(dlr_url, reports=1, seconds=2, server=dlr.pid)  # warm-up: connections, metadata
+        await load(bare_url, reports=1, seconds=2, server=bare.pid)
         for reports in (1, 100):
-            results[f"bare {reports}"] = await load(bare_url, reports=reports)
-            results[f"webhook {reports}"] = await load(dlr_url, reports=reports)
+            results[f"bare {reports}"] = await load(bare_url, reports=reports, server=bare.pid)
+            results[f"webhook {reports}"] = await load(dlr_url, reports=reports, server=dlr.pid)
             half = results[f"webhook {reports}"]["rps"] / 2
-            results[f"webhook {reports} at half"] = await load(dlr_url, reports=reports, rate=half)
+            results[f"webhook {reports} at half"] = await load(
+                dlr_url, reports=reports, rate=half, server=dlr.pid
+            )
         async with httpx.AsyncClient() as client:
             metrics = (await client.get(f"{dlr_url}/metrics")).text
         after = sum((await end_offsets(broker.bootstrap, ["delivery.reports"])).values())
@@ -173,10 +196,12 @@ async def measure(workers: int, broker: TansuBroker, database_url: str, run_dir:
         print(line(key, r))
     for reports in (1, 100):
         bare_r, hook = results[f"bare {reports}"], results[f"webhook {reports}"]
+        half = results[f"webhook {reports} at half"]
+        extra_cpu = hook["server_cpu_us_per_request"] - bare_r["server_cpu_us_per_request"]
         print(
             f"  {reports:>3}-report bodies: webhook = {hook['rps'] / bare_r['rps']:.0%} of the bare endpoint's"
-            f" requests/s, {hook['reports_per_s']:.0f} reports/s; at half that rate p99"
-            f" {results[f'webhook {reports} at half']['p99_ms']:.1f} ms"
+            f" requests/s, {hook['reports_per_s']:.0f} reports/s; at half that rate p99 {half['p99_ms']:.1f} ms;"
+            f" CPU beyond the bare stack {extra_cpu / reports:.1f} us per report"
         )
     print("  one worker's publish latency: " + "; ".join(publish[:2]))
     return results

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from dlr_ingest.encoding import murmur2
+from dlr_ingest.encoding import partitions_for
 from dlr_ingest.settings import DlrIngestSettings
 from shared.config import ServiceSettings
 
@@ -106,8 +106,8 @@ class BatchPublisher:
         touched: set[_Lane] = set()
         size = 0
         # One tight loop per request: this runs for every report the webhook takes.
-        for key, value in records:
-            partition = (murmur2(key) & 0x7FFFFFFF) % partitions
+        targets = partitions_for([key for key, _ in records], partitions)
+        for (key, value), partition in zip(records, targets, strict=True):
             lane = lanes.get((topic, partition)) or self._lane(topic, partition)
             batch = lane.filling[-1] if lane.filling else None
             if (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -10,7 +11,14 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from dlr_ingest.domain import Report, parse_reports
-from dlr_ingest.encoding import encode_reports, event_ids, murmur2, partition_for
+from dlr_ingest.encoding import (
+    encode_reports,
+    event_ids,
+    murmur2,
+    murmur2_many,
+    partition_for,
+    partitions_for,
+)
 
 from shared.events import DeliveryReported, DeliveryStatus, decode, encode, envelope_for
 
@@ -87,3 +95,13 @@ def test_partitions_are_the_default_partitioners() -> None:
     for _ in range(500):
         key = uuid.uuid4().hex.upper()[:26].encode()
         assert partition_for(key, 6) == DefaultPartitioner()(key, partitions, partitions)
+
+
+def test_murmur2_of_many_keys_at_once_equals_one_by_one() -> None:
+    lengths = [*range(0, 40), 99, 100, 128, 129, 200]
+    keys = [os.urandom(n) for n in lengths for _ in range(7)]  # groups of 7 per length: packed side by side
+    keys += [os.urandom(26) for _ in range(500)] + [b"", b"a", b"ab"]
+    random.shuffle(keys)
+    assert murmur2_many(keys) == [aiokafka_murmur2(k) for k in keys]
+    assert partitions_for(keys, 6) == [partition_for(k, 6) for k in keys]
+    assert murmur2_many([]) == []
