@@ -96,6 +96,8 @@ class BatchPublisher:
 
         Returns when every record is acknowledged; raises otherwise (the records may still reach the log
         later: a caller that reports failure must expect duplicates of them, never losses)."""
+        if not records:
+            return
         if self._backlog > self.max_backlog_bytes:
             raise PublishRefused(f"{self._backlog} bytes are already waiting for the broker")
         if self.stalled():
