@@ -88,14 +88,47 @@ async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int, 
 
 
 async def end_offsets(bootstrap: str, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    """The offset after each partition's last record. ListOffsets alone falls short on the local broker:
+    Tansu answers the base offset of the partition's last record batch + 1, so when that batch holds
+    several records (an outbox relay's or the webhook's batched produce) the end is read from the batch."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_bytes=FETCH_MAX_BYTES,
+        max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t, p in partitions]
-        ends = await consumer.end_offsets(tps) if tps else {}
-        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+        listed = await consumer.end_offsets(tps) if tps else {}
+        ends = {(tp.topic, tp.partition): off for tp, off in listed.items()}
+        await _read_last_batches(consumer, [tp for tp, off in listed.items() if off > 0], ends)
+        return ends
     finally:
         await consumer.stop()
+
+
+async def _read_last_batches(
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    ends: dict[tuple[str, int], int],
+    timeout: float = 5.0,
+) -> None:
+    """Raise each end in `ends` to the offset after the last record found from its listed end - 1 on."""
+    if not tps:
+        return
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, ends[(tp.topic, tp.partition)] - 1)
+    pending = set(tps)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while pending and loop.time() < deadline:
+        for tp, records in (await consumer.getmany(*pending, timeout_ms=500)).items():
+            if records:
+                key = (tp.topic, tp.partition)
+                ends[key] = max(ends[key], records[-1].offset + 1)
+                pending.discard(tp)
 
 
 async def assert_positions_within_log(pool: asyncpg.Pool, bootstrap: str) -> None:
