@@ -31,6 +31,7 @@ def main(argv: Sequence[str]) -> int:
     r.add_argument(
         "--keep", action="store_true", help="keep the retired (or, with --dry-run, the rebuilt) schema"
     )
+    r.add_argument("--workers", type=int, help="replay processes (default REBUILD_WORKERS)")
     c = sub.add_parser("checksum", help="checksums of the live read models")
     c.add_argument(
         "--against", metavar="SCHEMA", help="compare with this schema (a kept rebuild or retired one)"
@@ -64,6 +65,7 @@ async def _run(args: argparse.Namespace, settings: ProjectorSettings) -> tuple[d
             compare=args.compare or args.dry_run,
             keep=args.keep,
             poll_records=settings.poll_records,
+            workers=args.workers or settings.rebuild_workers,
         )
         return result.summary(), 0 if result.equal in (None, True) else 1
     if args.command == "checksum":

@@ -207,24 +207,25 @@ class Resolution:
 
 RESOLUTIONS: dict[str, Resolution] = {
     "stuckProcessing": Resolution(
-        command="restart the sender (python -m sender): on redelivery a batch found claimed without an "
-        "outcome is marked ambiguous and never sent again",
+        command="let the enqueuer's background loop republish the quiet run (after STUCK_RUN_AFTER_S) or restart "
+        "the sender: a batch it finds claimed without an outcome turns ambiguous; then settle it with "
+        "`python -m sender ambiguous show|fail|resend BATCH_ID`",
         why="the sender claimed these batches and recorded no outcome: its provider call was interrupted",
     ),
     "sentWithoutFinalStatus": Resolution(
-        command="GET /api/operator/refresh-candidates?olderThanMinutes=N on the projector, then ask Mitto "
-        "for each message (dlr-ingest status refresh publishes the answers as DeliveryReported)",
+        command="python -m dlr_ingest refresh --older-than-minutes N [--campaign ID | --bulk-id ID] "
+        "(or POST /api/operator/refresh on dlr-ingest): asks Mitto for each message's status",
         why="Mitto accepted these messages and no final delivery report arrived",
     ),
     "ambiguousBatches": Resolution(
-        command="resolve from Mitto's status lookup of each recipient (the sender publishes the per-"
-        "recipient result on sms.outcomes); never re-send automatically",
-        why="Mitto may have accepted these batches (5xx, read timeout, crash after the call)",
+        command="python -m sender ambiguous show BATCH_ID, then `python -m sender ambiguous fail BATCH_ID` "
+        "(or `resend` only when you know the batch did not go out)",
+        why="Mitto may have accepted these batches (5xx, read timeout, crash after the call): never re-sent "
+        "automatically",
     ),
     "stuckRuns": Resolution(
-        command="inspect the run's batches (GET /api/campaigns/{id}/status); the enqueuer finishes a run "
-        "when its last batch outcome arrives, so redeliver sms.outcomes to it or resolve its ambiguous "
-        "batches",
+        command="python -m sender ambiguous list (a run waits for its ambiguous batches); a run with batches "
+        "never claimed is republished by the enqueuer's background loop after STUCK_RUN_AFTER_S",
         why="the campaign is sending but none of its batches moved for the given time",
     ),
 }

@@ -7,10 +7,11 @@ events of one kind keep their log order. Kinds from different topics commute, so
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
 from projector.domain import (
     MEMBER_BATCH,
@@ -40,6 +41,7 @@ from shared.events import (
     BatchDeferred,
     BatchFailed,
     BatchQueued,
+    BatchResolved,
     BatchSent,
     CampaignCancelled,
     CampaignCompleted,
@@ -95,13 +97,20 @@ ONCE = (
     LinkClicked,
     ContactUnsubscribed,
 )
-Outcome = BatchClaimed | BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred
-OUTCOMES = (BatchClaimed, BatchSent, BatchFailed, BatchAmbiguous, BatchDeferred)
+Outcome = BatchClaimed | BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred | BatchResolved
+OUTCOMES = (BatchClaimed, BatchSent, BatchFailed, BatchAmbiguous, BatchDeferred, BatchResolved)
 FINAL_STATUS = {
     BatchSent: "sent",
     BatchFailed: "failed",
     BatchAmbiguous: "ambiguous",
     BatchDeferred: "deferred",
+}
+# Event type → how it is applied; types not listed (other services' events) are ignored.
+KINDS: dict[type[Event], str] = {
+    **dict.fromkeys(ONCE, "fact"),
+    BatchQueued: "queued",
+    **dict.fromkeys(OUTCOMES, "outcome"),
+    DeliveryReported: "report",
 }
 CREDITS = {
     CreditsReserved: "credits_reserved",
@@ -132,13 +141,17 @@ async def apply(conn: Conn, deliveries: Sequence[Delivery], *, consumer: str = C
     if not fresh:
         return
     poll = Poll()
+    kinds: dict[str, list[Delivery]] = {"fact": [], "queued": [], "outcome": [], "report": []}
     for d in fresh:
+        kind = KINDS.get(type(d.event))
+        if kind is not None:
+            kinds[kind].append(d)
         if d.envelope.campaign_id and d.envelope.tenant_id:
             poll.tenants[campaign_of(d)] = d.envelope.tenant_id
-    engagement = await _apply_facts(conn, [d for d in fresh if isinstance(d.event, ONCE)])
-    await _apply_queued(conn, [d for d in fresh if isinstance(d.event, BatchQueued)])
-    await _apply_outcomes(conn, [d for d in fresh if isinstance(d.event, OUTCOMES)], poll)
-    await _apply_reports(conn, [d for d in fresh if isinstance(d.event, DeliveryReported)], poll)
+    engagement = await _apply_facts(conn, kinds["fact"])
+    await _apply_queued(conn, kinds["queued"])
+    await _apply_outcomes(conn, kinds["outcome"], poll)
+    await _apply_reports(conn, kinds["report"], poll)
     await _apply_engagement(conn, engagement, poll)
     await _save(conn, poll)
 
@@ -259,11 +272,20 @@ async def _apply_outcomes(conn: Conn, outcomes: list[Delivery], poll: Poll) -> N
     states.update(await writes.batch_states(conn, ids))
     claims: list[writes.Claim] = []
     finishes: list[BatchOutcome] = []
+    resolutions: list[writes.Resolution] = []
     rows: list[SendRow] = []
     for d in outcomes:
         e, cid = d.event, campaign_of(d)
         assert isinstance(e, OUTCOMES)
         before = states[e.batch_id]
+        if isinstance(e, BatchResolved):
+            # Results for recipients of an ambiguous batch, in steps; the recipients' own state machine
+            # (ambiguous → accepted | rejected, never back) makes a repeated step change nothing.
+            resolutions.append(writes.Resolution(e.batch_id, e.bulk_id, e.remaining))
+            if before is not None and before.status == "ambiguous" and e.remaining == 0:
+                states[e.batch_id] = writes.BatchState("resolved", before.claimed, None, None)
+            rows += _resolved_rows(cid, e)
+            continue
         if isinstance(e, BatchClaimed):
             if before is not None and before.status != "queued":
                 continue  # claimed before, or already finished
@@ -292,8 +314,29 @@ async def _apply_outcomes(conn: Conn, outcomes: list[Delivery], poll: Poll) -> N
         rows += _send_rows(cid, e, before)
     await writes.claim_batches(conn, claims)
     await writes.finish_batches(conn, finishes)
+    await writes.resolve_batches(conn, resolutions)
     if rows:
         await _write_send_results(conn, rows, poll)
+
+
+def _resolved_rows(campaign_id: str, e: BatchResolved) -> list[SendRow]:
+    return [
+        (
+            campaign_id,
+            r.id,
+            r.phone,
+            e.batch_id,
+            "accepted" if r.message_id else "rejected",
+            r.message_id,
+            e.bulk_id,
+            r.parts,
+            r.error,
+            e.retry_count,
+            e.resolved_at,
+        )
+        for r in e.results
+        if r.duplicate_of is None
+    ]
 
 
 def _outcome(campaign_id: str, e: Outcome) -> BatchOutcome:
@@ -348,24 +391,40 @@ def _send_rows(campaign_id: str, e: Outcome, before: writes.BatchState | None) -
 
 
 async def _write_send_results(conn: Conn, rows: list[SendRow], poll: Poll) -> None:
-    previous = await writes.send_statuses(conn, [(r[0], r[1]) for r in rows])
-    latest: dict[tuple[str, int], SendRow] = {}
-    for row in rows:  # a later result for the same recipient in this poll wins, if it may
+    """Recipients without a recorded result (nearly all) are inserted in one statement; for the others
+    (a retry run, a resolution) the domain decides against the recorded result, in log order."""
+    first: dict[tuple[str, int], SendRow] = {}
+    for row in rows:  # as if nothing were recorded: a later result in this poll wins, if it may
         key = (row[0], row[1])
-        before = latest[key][4] if key in latest else previous.get(key, (None, ""))[0]
-        if send_result_applies(before, row[4]):
-            latest[key] = row
-    if not latest:
-        return
-    for key, row in latest.items():
-        if key in previous:
-            status, batch_id = previous[key]
-            poll.campaigns[row[0]].send_status(status, -1)
-            poll.batches[batch_id].send_status(status, -1)
-        poll.campaigns[row[0]].send_status(row[4], +1)
-        poll.batches[row[3]].send_status(row[4], +1)
-    # Reports that arrived before their send result have waited in `deliveries`: count them now.
-    for rec in await writes.write_send_results(conn, list(latest.values())):
+        if send_result_applies(first[key][4] if key in first else None, row[4]):
+            first[key] = row
+    candidates = list(first.values())
+    parked, conflicts = await writes.insert_first_results(conn, candidates)
+    taken = set(range(len(candidates))).difference(conflicts)
+    moves: Counter[tuple[str, str, str]] = Counter(
+        (candidates[i][0], candidates[i][3], candidates[i][4]) for i in taken
+    )
+    if conflicts:
+        keys = {(candidates[i][0], candidates[i][1]) for i in conflicts}
+        recorded = await writes.send_statuses(conn, list(keys))
+        latest: dict[tuple[str, int], SendRow] = {}
+        for row in rows:
+            key = (row[0], row[1])
+            if key in keys:
+                before = latest[key][4] if key in latest else recorded[key][0]
+                if send_result_applies(before, row[4]):
+                    latest[key] = row
+        for key, row in latest.items():
+            status, batch_id = recorded[key]
+            moves[(row[0], batch_id, status)] -= 1
+            moves[(row[0], row[3], row[4])] += 1
+        if latest:
+            parked += await writes.write_send_results(conn, list(latest.values()))
+    for (campaign_id, batch_id, status), n in moves.items():
+        poll.campaigns[campaign_id].send_status(status, n)
+        poll.batches[batch_id].send_status(status, n)
+    # Reports that arrived before their send result were parked: count them now.
+    for rec in parked:
         poll.delivery(rec["campaign_id"], rec["batch_id"], rec["status"], rec["raw_status"], rec["n"])
 
 
@@ -378,14 +437,23 @@ async def _apply_reports(conn: Conn, reports: list[Delivery], poll: Poll) -> Non
     is known count toward a campaign; the rest are parked until it arrives."""
     if not reports:
         return
-    incoming: dict[str, list[DeliveryState]] = defaultdict(list)
+    incoming: dict[str, list[DeliveryRow]] = {}
     for d in reports:
-        e = d.event
-        assert isinstance(e, DeliveryReported)
-        incoming[e.provider_message_id].append(
-            DeliveryState(e.status.value, e.raw_status, e.error, e.provider_time, d.envelope.occurred_at)
+        e = cast(DeliveryReported, d.event)  # sorted by type in `apply`
+        row = (
+            e.provider_message_id,
+            e.status,  # a StrEnum: the mapped status string itself
+            e.raw_status,
+            e.error,
+            e.provider_time,
+            d.envelope.occurred_at,
         )
-    first = [_delivery_row(mid, fold_reports(None, states)) for mid, states in incoming.items()]
+        if row[0] in incoming:
+            incoming[row[0]].append(row)
+        else:
+            incoming[row[0]] = [row]
+    first = [rows[0] if len(rows) == 1 else _delivery_row(mid, fold_reports(None, map(_state, rows)))
+             for mid, rows in incoming.items()]  # fmt: skip
     counted, conflicts = await writes.insert_first_reports(conn, first)
     for rec in counted:
         poll.delivery(rec["campaign_id"], rec["batch_id"], rec["status"], rec["raw_status"], rec["n"])
@@ -395,7 +463,7 @@ async def _apply_reports(conn: Conn, reports: list[Delivery], poll: Poll) -> Non
     changed: dict[str, tuple[DeliveryState, DeliveryState]] = {}
     for mid in conflicts:
         before = stored[mid]
-        after = fold_reports(before, incoming[mid])
+        after = fold_reports(before, map(_state, incoming[mid]))
         if after is not None and after != before:
             changed[mid] = (before, after)
     if not changed:
@@ -407,6 +475,10 @@ async def _apply_reports(conn: Conn, reports: list[Delivery], poll: Poll) -> Non
         before, after = changed[mid]
         poll.delivery(campaign_id, batch_id, before.status, before.raw_status, -1)
         poll.delivery(campaign_id, batch_id, after.status, after.raw_status, +1)
+
+
+def _state(row: DeliveryRow) -> DeliveryState:
+    return DeliveryState(row[1], row[2], row[3], row[4], row[5])
 
 
 def _delivery_row(message_id: str, s: DeliveryState | None) -> DeliveryRow:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 LIVE = "projector"
 CATCH_UP_ROUNDS = 5
 SMALL_GAP = 20_000  # records left for the locked final step
+PARALLEL_FROM = 100_000  # records: below this, starting worker processes costs more than it saves
 ADVISORY_REBUILD = "projector.rebuild"
 
 Partition = tuple[str, int]
@@ -101,7 +104,8 @@ class LogReader:
     """Every partition of the projector's topics from offset 0, without a consumer group, so nothing it
     reads moves the live consumer's committed offsets."""
 
-    def __init__(self, bootstrap: str, poll_records: int) -> None:
+    def __init__(self, bootstrap: str, poll_records: int, only: Sequence[Partition] | None = None) -> None:
+        self.only = list(only) if only is not None else None
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_list(bootstrap),
             group_id=None,
@@ -116,10 +120,15 @@ class LogReader:
 
     async def start(self) -> None:
         await self.consumer.start()
-        await self.consumer._client.force_metadata_update()
-        self.partitions = [
-            TopicPartition(t, p) for t in TOPICS for p in sorted(self.consumer.partitions_for_topic(t) or ())
-        ]
+        if self.only is not None:
+            self.partitions = [TopicPartition(t, p) for t, p in self.only]
+        else:
+            await self.consumer._client.force_metadata_update()
+            self.partitions = [
+                TopicPartition(t, p)
+                for t in TOPICS
+                for p in sorted(self.consumer.partitions_for_topic(t) or ())
+            ]
         self.consumer.assign(self.partitions)
         if self.partitions:
             await self.consumer.seek_to_beginning(*self.partitions)
@@ -127,6 +136,13 @@ class LogReader:
 
     async def stop(self) -> None:
         await self.consumer.stop()
+
+    def skip_to(self, positions: dict[Partition, int]) -> None:
+        """Continue from `positions` (what other readers applied)."""
+        for tp in self.partitions:
+            if _key(tp) in positions:
+                self.consumer.seek(tp, positions[_key(tp)])
+                self.next[_key(tp)] = positions[_key(tp)]
 
     async def end_offsets(self) -> dict[Partition, int]:
         ends = await self.consumer.end_offsets(self.partitions) if self.partitions else {}
@@ -188,6 +204,57 @@ def _key(tp: TopicPartition) -> Partition:
     return (tp.topic, tp.partition)
 
 
+@dataclass(frozen=True)
+class ReplayPart:
+    """Partitions one worker process replays from offset 0 into a rebuild's schema."""
+
+    dsn: str
+    bootstrap: str
+    schema: str
+    targets: dict[Partition, int]
+    poll_records: int
+
+
+def replay_part(part: ReplayPart) -> int:
+    """Entry point of a replay worker process; returns the records it applied."""
+    return asyncio.run(_replay_part(part))
+
+
+async def _replay_part(part: ReplayPart) -> int:
+    conn: asyncpg.Connection = await asyncpg.connect(part.dsn, command_timeout=None)
+    reader = LogReader(part.bootstrap, part.poll_records, only=list(part.targets))
+    try:
+        await _prepare_session(conn, part.schema)
+        await reader.start()
+
+        async def applier(records: Sequence[Any], good: list[Delivery]) -> None:
+            await apply_poll(conn, records, good)
+
+        await reader.read_to(part.targets, applier, exact=True)
+        return reader.events
+    finally:
+        await reader.stop()
+        await conn.close()
+
+
+async def _prepare_session(conn: Conn, schema: str) -> None:
+    await conn.execute(f"SET search_path TO {schemas.ident(schema)}, public")
+    # Until the swap nothing here needs to survive a crash (an interrupted rebuild starts over), so
+    # commits need not wait for the WAL; the swap itself commits synchronously.
+    await conn.execute("SET synchronous_commit TO off")
+
+
+def split(ends: dict[Partition, int], workers: int) -> list[dict[Partition, int]]:
+    """Partitions dealt to `workers` parts of about equal record counts (largest first, to the lightest)."""
+    parts: list[dict[Partition, int]] = [{} for _ in range(max(1, workers))]
+    loads = [0] * len(parts)
+    for key, end in sorted(ends.items(), key=lambda kv: -kv[1]):
+        i = loads.index(min(loads))
+        parts[i][key] = end
+        loads[i] += end
+    return [p for p in parts if p]
+
+
 async def apply_poll(conn: Conn, records: Sequence[Any], good: list[Delivery]) -> None:
     """One poll into the schema on the connection's search_path, with its positions, the way the live
     `BatchConsumer` does it: an event whose application fails for a non-transient reason is skipped (the
@@ -226,6 +293,7 @@ async def rebuild(
     compare: bool = False,
     keep: bool = False,
     poll_records: int = 5000,
+    workers: int = 2,
     stamp: str | None = None,
 ) -> RebuildResult:
     """Rebuild every read model from offset 0. `swap`: make it the live schema (the old one is dropped
@@ -249,14 +317,21 @@ async def rebuild(
         if leftovers:
             raise RebuildRefused(f"the live schema holds objects a swap would strand: {', '.join(leftovers)}")
         deferred = await schemas.create_like(conn, LIVE, target, (*READ_MODELS, schemas.POSITIONS))
-        await conn.execute(f"SET search_path TO {schemas.ident(target)}, public")
+        await _prepare_session(conn, target)
         await reader.start()
 
         async def applier(records: Sequence[Any], good: list[Delivery]) -> None:
             await apply_poll(conn, records, good)
 
         mark = time.perf_counter()
-        await reader.read_to(await reader.end_offsets(), applier)
+        ends = await reader.end_offsets()
+        if workers > 1 and sum(ends.values()) >= PARALLEL_FROM:
+            reader.events += await _replay_in_workers(
+                dsn, bootstrap, target, split(ends, workers), poll_records
+            )
+            reader.skip_to(ends)
+        else:
+            await reader.read_to(ends, applier)
         phases["replay"] = time.perf_counter() - mark
         mark = time.perf_counter()
         await schemas.finish_tables(conn, target, (*READ_MODELS, schemas.POSITIONS), deferred)
@@ -269,6 +344,7 @@ async def rebuild(
             await reader.read_to(live, applier)
         phases["catch_up"] = time.perf_counter() - mark
         mark = time.perf_counter()
+        await conn.execute("SET synchronous_commit TO on")
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", schemas.migration_lock_key(LIVE))
             if await schemas.migrations_applied(conn, LIVE) != migrations:
@@ -315,6 +391,24 @@ async def rebuild(
     result.seconds = time.perf_counter() - started
     result.phases = phases
     return result
+
+
+async def _replay_in_workers(
+    dsn: str, bootstrap: str, schema: str, parts: list[dict[Partition, int]], poll_records: int
+) -> int:
+    """Each part in its own process: decoding is most of a replay's CPU and runs side by side; the
+    projection's per-schema lock still applies one poll at a time, so the result is the same."""
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(max_workers=len(parts), mp_context=multiprocessing.get_context("spawn")) as pool:
+        counts = await asyncio.gather(
+            *[
+                loop.run_in_executor(
+                    pool, replay_part, ReplayPart(dsn, bootstrap, schema, part, poll_records)
+                )
+                for part in parts
+            ]
+        )
+    return sum(counts)
 
 
 async def _drop_quietly(conn: asyncpg.Connection, schema: str) -> None:

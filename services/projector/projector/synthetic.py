@@ -21,6 +21,7 @@ from shared.events import (
     BatchFailed,
     BatchQueued,
     BatchRecipient,
+    BatchResolved,
     BatchSent,
     CampaignCompleted,
     CampaignCreated,
@@ -187,6 +188,7 @@ class CampaignShape:
     clicks: int = 0
     unsubscribes: int = 0
     retry_failed: bool = False  # a second run for the rejected recipients
+    resolve_ambiguous: bool = False  # ambiguous batches get BatchResolved, in two steps
     channel: Channel = Channel.RETAIL
 
 
@@ -318,18 +320,27 @@ class _CampaignWriter:
         if draw < shape.ambiguous_batch_share:
             self.emit(SMS_OUTCOMES, BatchAmbiguous(batch_id=bid, run_token=run, recipient_ids=ids, reason="HTTP 503",
                                                    retry_count=1, at=self.now()), f"{bid}:BatchAmbiguous")  # fmt: skip
+            if shape.resolve_ambiguous:
+                half = len(chunk) // 2
+                for step, part in enumerate((chunk[:half], chunk[half:])):
+                    found = tuple(self.result(rid, phone) for rid, phone in part)
+                    remaining = len(chunk) - half if step == 0 else 0
+                    self.emit(SMS_OUTCOMES, BatchResolved(
+                        batch_id=bid, run_token=run, resolution="status_lookup", bulk_id=f"bulk-{bid}",
+                        results=found, remaining=remaining, resolved_at=self.now(),
+                    ), f"{bid}:BatchResolved:{step}")  # fmt: skip
             return
-        results = []
-        for rid, phone in chunk:
-            if rng.random() < shape.reject_share:
-                results.append(RecipientResult(id=rid, phone=phone, error="invalid destination"))
-                self.rejected.append((rid, phone))
-            else:
-                mid = f"M{self.messages.next():012d}"
-                results.append(RecipientResult(id=rid, phone=phone, message_id=mid))
-                self.accepted.append((mid, rid))
+        results = [self.result(rid, phone) for rid, phone in chunk]
         self.emit(SMS_OUTCOMES, BatchSent(batch_id=bid, run_token=run, bulk_id=f"bulk-{bid}", results=tuple(results),
                                           retry_count=0, sent_at=self.now()), f"{bid}:BatchSent")  # fmt: skip
+
+    def result(self, rid: int, phone: str) -> RecipientResult:
+        if self.rng.random() < self.shape.reject_share:
+            self.rejected.append((rid, phone))
+            return RecipientResult(id=rid, phone=phone, error="invalid destination")
+        mid = f"M{self.messages.next():012d}"
+        self.accepted.append((mid, rid))
+        return RecipientResult(id=rid, phone=phone, message_id=mid)
 
     def report(self, message_id: str, raw: str, status: str) -> None:
         at = self.now()

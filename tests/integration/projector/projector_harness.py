@@ -25,6 +25,7 @@ from shared.events import (
     BatchClaimed,
     BatchDeferred,
     BatchFailed,
+    BatchResolved,
     BatchSent,
     ContactUnsubscribed,
     CreditsDebited,
@@ -170,6 +171,12 @@ def reference(log: Log) -> dict[str, dict[str, Any]]:
         if isinstance(e, BatchClaimed):
             if e.batch_id not in finished and e.batch_id not in claimed:
                 claimed[e.batch_id] = (cid, len(e.recipient_ids))
+            continue
+        if isinstance(e, BatchResolved):
+            for r in e.results:
+                kind = "accepted" if r.message_id else "rejected"
+                if not r.duplicate_of and send_result_applies(send.get((cid, r.id), (None, None))[0], kind):
+                    send[(cid, r.id)] = (kind, r.message_id)
             continue
         if e.batch_id in finished:
             continue

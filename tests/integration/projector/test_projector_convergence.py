@@ -52,6 +52,7 @@ shapes = st.builds(
     clicks=st.integers(0, 6),
     unsubscribes=st.integers(0, 2),
     retry_failed=st.booleans(),
+    resolve_ambiguous=st.booleans(),
 )
 
 

@@ -116,6 +116,10 @@ async def test_the_swap_keeps_the_api_answering_and_the_live_consumer_exact(
                 await publish(broker.bootstrap, part)
                 await asyncio.sleep(0.3)
 
+        applied = [
+            r["name"]
+            for r in await fetch(database, "SELECT name FROM projector.schema_migrations ORDER BY name")
+        ]
         reader = asyncio.create_task(keep_reading())
         writer = asyncio.create_task(keep_publishing())
         result = await rebuild(database, broker.bootstrap, swap=True, keep=True, poll_records=100)
@@ -138,5 +142,5 @@ async def test_the_swap_keeps_the_api_answering_and_the_live_consumer_exact(
         assert result.retired is not None
         kept = await checksum(database, against=result.retired)
         assert kept["against"]["schema"] == result.retired
-        migrations = await fetch(database, "SELECT count(*) AS n FROM projector.schema_migrations")
-        assert migrations[0]["n"] == 3  # the ledger moved with the swap: nothing re-applies on restart
+        ledger = await fetch(database, "SELECT name FROM projector.schema_migrations ORDER BY name")
+        assert [r["name"] for r in ledger] == applied  # the ledger moved with the swap: nothing re-applies

@@ -1,6 +1,10 @@
 """SQL of the projection: one statement per consumed batch and event kind (arrays in, `unnest` inside),
 or one per event for the rare per-campaign and per-batch facts. Names are unqualified: the connection's
-search_path picks the live schema or a rebuild's."""
+search_path picks the live schema or a rebuild's.
+
+Lookups of a poll's keys in the big tables are LATERAL subqueries with `LIMIT 1` (the keys are unique): the
+limit keeps the planner from flattening them into a join, which it would run by hashing the whole table,
+and pins one index probe per key."""
 
 from __future__ import annotations
 
@@ -9,9 +13,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import orjson
 
 from projector.domain import BatchDelta, CampaignDelta, DeliveryState
 from shared.db import Conn
+
+
+def json_rows(rows: Sequence[Sequence[object]]) -> str:
+    """A poll's rows as one JSON array of arrays, sent as one text parameter and taken apart by
+    `jsonb_array_elements`: parsed once, in C. An array parameter per column costs about twice as much,
+    most of it encoding every element on our side."""
+    return orjson.dumps(rows).decode()
+
 
 # (campaign_id, id, phone, batch_id, status, message_id, bulk_id, parts, error, retry_count, at)
 SendRow = tuple[str, int, str, str, str, str | None, str | None, int, str | None, int, datetime]
@@ -374,28 +387,89 @@ async def finish_batches(conn: Conn, outcomes: Sequence[BatchOutcome]) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Resolution:
+    batch_id: str
+    bulk_id: str | None
+    remaining: int
+
+
+async def resolve_batches(conn: Conn, resolutions: Sequence[Resolution]) -> None:
+    """An ambiguous batch whose last recipients got their results is `resolved`; its bulk id is kept."""
+    if not resolutions:
+        return
+    await conn.executemany(
+        """UPDATE batches SET bulk_id = coalesce($2, bulk_id),
+               status = CASE WHEN $3::int = 0 THEN 'resolved' ELSE status END
+           WHERE batch_id = $1 AND status = 'ambiguous'""",
+        [(r.batch_id, r.bulk_id, r.remaining) for r in resolutions],
+    )
+
+
 async def send_statuses(
     conn: Conn, keys: Sequence[tuple[str, int]]
 ) -> dict[tuple[str, int], tuple[str, str]]:
     """(campaign, recipient) → (recorded send status, its batch) for recipients that have a send result."""
     rows = await conn.fetch(
         """SELECT r.campaign_id::text AS campaign_id, r.id, r.status, r.batch_id
-           FROM recipients r JOIN unnest($1::uuid[], $2::bigint[]) AS u(c, i) ON r.campaign_id = u.c AND r.id = u.i""",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
+           FROM jsonb_array_elements($1::text::jsonb) AS j(k)
+           CROSS JOIN LATERAL (SELECT * FROM recipients r
+                               WHERE r.campaign_id = (k->>0)::uuid AND r.id = (k->>1)::bigint LIMIT 1) r""",
+        json_rows(keys),
     )
     return {(r["campaign_id"], r["id"]): (r["status"], r["batch_id"]) for r in rows}
 
 
+_SEND_ROWS = """
+    SELECT (r->>0)::uuid AS c, (r->>1)::bigint AS id, r->>2 AS phone, r->>3 AS b, r->>4 AS st, r->>5 AS mid,
+           r->>6 AS bulk, (r->>7)::int AS parts, r->>8 AS err, (r->>9)::int AS rc, (r->>10)::timestamptz AS at,
+           (n - 1)::int AS pos
+    FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS j(r, n)"""
+
+# Reports parked for the messages just written: counted now, and no longer parked.
+_UNPARK = """
+    unparked AS (
+        UPDATE deliveries d SET parked = false FROM written w
+        WHERE d.parked AND d.message_id = w.message_id AND w.status = 'accepted'
+        RETURNING w.campaign_id, w.batch_id, d.status, d.raw_status
+    )"""
+
+
+async def insert_first_results(conn: Conn, rows: Sequence[SendRow]) -> tuple[list[asyncpg.Record], list[int]]:
+    """Insert send results of recipients with none recorded, in one statement.
+
+    Returns the parked reports of the inserted messages, grouped by (campaign, batch, status, raw status)
+    with a count, and the positions in `rows` of recipients that already had a result (to be decided
+    against it)."""
+    result = await conn.fetch(
+        f"""WITH u AS ({_SEND_ROWS}
+           ), written AS (
+               INSERT INTO recipients (campaign_id, id, phone, batch_id, status, message_id, bulk_id, parts,
+                                       error, retry_count, sent_at, failed_at)
+               SELECT c, id, phone, b, st, mid, bulk, parts, err, rc,
+                      CASE WHEN st = 'accepted' THEN at END, CASE WHEN st = 'rejected' THEN at END
+               FROM u
+               ON CONFLICT (campaign_id, id) DO NOTHING
+               RETURNING campaign_id, id, batch_id, status, message_id
+           ), {_UNPARK}
+           SELECT NULL::int AS conflict, campaign_id::text AS campaign_id, batch_id, status, raw_status,
+                  count(*)::int AS n
+           FROM unparked GROUP BY 2, 3, 4, 5
+           UNION ALL
+           SELECT u.pos, NULL, NULL, NULL, NULL, 0
+           FROM u WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.campaign_id = u.c AND w.id = u.id)""",
+        json_rows(rows),
+    )
+    return [r for r in result if r["conflict"] is None], [
+        r["conflict"] for r in result if r["conflict"] is not None
+    ]
+
+
 async def write_send_results(conn: Conn, rows: Sequence[SendRow]) -> list[asyncpg.Record]:
-    """Insert (or replace, where the domain allowed it) recipient rows; returns, grouped by campaign and
-    batch, the reports that were waiting for these messages (to be counted now)."""
-    cols = list(zip(*rows, strict=True))
+    """Replace recipients' recorded send results (the domain decided each may); returns their parked
+    reports, grouped as `insert_first_results` does."""
     return await conn.fetch(
-        """WITH u AS (
-               SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                    $7::text[], $8::int[], $9::text[], $10::int[], $11::timestamptz[])
-                   AS u(c, id, phone, b, st, mid, bulk, parts, err, rc, at)
+        f"""WITH u AS ({_SEND_ROWS}
            ), written AS (
                INSERT INTO recipients (campaign_id, id, phone, batch_id, status, message_id, bulk_id, parts,
                                        error, retry_count, sent_at, failed_at)
@@ -406,47 +480,53 @@ async def write_send_results(conn: Conn, rows: Sequence[SendRow]) -> list[asyncp
                    status = EXCLUDED.status, message_id = EXCLUDED.message_id, bulk_id = EXCLUDED.bulk_id,
                    parts = EXCLUDED.parts, error = EXCLUDED.error, retry_count = EXCLUDED.retry_count,
                    sent_at = EXCLUDED.sent_at, failed_at = EXCLUDED.failed_at
-           )
-           SELECT u.c::text AS campaign_id, u.b AS batch_id, d.status, d.raw_status, count(*)::int AS n
-           FROM u JOIN deliveries d ON d.message_id = u.mid
-           WHERE u.st = 'accepted'
-           GROUP BY 1, 2, 3, 4""",
-        *[list(c) for c in cols],
+               RETURNING campaign_id, id, batch_id, status, message_id
+           ), {_UNPARK}
+           SELECT campaign_id::text AS campaign_id, batch_id, status, raw_status, count(*)::int AS n
+           FROM unparked GROUP BY 1, 2, 3, 4""",
+        json_rows(rows),
     )
 
 
 # --- delivery.reports --------------------------------------------------------------------------------
 
 
-def _delivery_columns(rows: Sequence[DeliveryRow]) -> list[list[object]]:
-    return [list(c) for c in zip(*rows, strict=True)]
+_REPORTS = """
+    SELECT r->>0 AS message_id, r->>1 AS status, r->>2 AS raw_status, r->>3 AS error,
+           (r->>4)::timestamptz AS provider_time, (r->>5)::timestamptz AS reported_at
+    FROM jsonb_array_elements($1::text::jsonb) AS j(r)"""
 
 
 async def insert_first_reports(
     conn: Conn, rows: Sequence[DeliveryRow]
 ) -> tuple[list[asyncpg.Record], list[str]]:
-    """Insert reports of messages with no stored report, in one statement.
+    """Insert reports of messages with no stored report, in one statement; a report whose message has no
+    send result yet is stored `parked`.
 
     Returns the inserted ones that belong to a known recipient, grouped by (campaign, batch, status, raw
     status) with a count, and the message ids that already had a stored report (to be merged with it)."""
     result = await conn.fetch(
-        """WITH i AS (
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                                    $6::timestamptz[])
-                   AS i(message_id, status, raw_status, error, provider_time, reported_at)
+        f"""WITH i AS ({_REPORTS}
+           ), owned AS (
+               SELECT i.*, r.campaign_id, r.batch_id
+               FROM i LEFT JOIN LATERAL (SELECT campaign_id, batch_id FROM recipients r
+                                         WHERE r.message_id = i.message_id LIMIT 1) r ON true
            ), ins AS (
-               INSERT INTO deliveries (message_id, status, raw_status, error, provider_time, reported_at)
-               SELECT * FROM i ON CONFLICT (message_id) DO NOTHING
-               RETURNING message_id, status, raw_status
+               INSERT INTO deliveries (message_id, status, raw_status, error, provider_time, reported_at, parked)
+               SELECT message_id, status, raw_status, error, provider_time, reported_at, campaign_id IS NULL
+               FROM owned
+               ON CONFLICT (message_id) DO NOTHING
+               RETURNING message_id
            )
-           SELECT NULL::text AS conflict, r.campaign_id::text AS campaign_id, r.batch_id, ins.status,
-                  ins.raw_status, count(*)::int AS n
-           FROM ins JOIN recipients r ON r.message_id = ins.message_id
+           SELECT NULL::text AS conflict, o.campaign_id::text AS campaign_id, o.batch_id, o.status,
+                  o.raw_status, count(*)::int AS n
+           FROM owned o JOIN ins USING (message_id)
+           WHERE o.campaign_id IS NOT NULL
            GROUP BY 2, 3, 4, 5
            UNION ALL
-           SELECT i.message_id, NULL, NULL, NULL, NULL, 0
-           FROM i WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.message_id = i.message_id)""",
-        *_delivery_columns(rows),
+           SELECT o.message_id, NULL, NULL, NULL, NULL, 0
+           FROM owned o WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.message_id = o.message_id)""",
+        json_rows(rows),
     )
     conflicts = [r["conflict"] for r in result if r["conflict"] is not None]
     return [r for r in result if r["conflict"] is None], conflicts
@@ -469,18 +549,15 @@ async def stored_reports(conn: Conn, message_ids: Sequence[str]) -> dict[str, De
 async def replace_reports(conn: Conn, rows: Sequence[DeliveryRow]) -> dict[str, tuple[str, str]]:
     """Store merged reports; returns message id → (campaign, batch) for those with a known recipient."""
     result = await conn.fetch(
-        """WITH i AS (
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                                    $6::timestamptz[])
-                   AS i(message_id, status, raw_status, error, provider_time, reported_at)
+        f"""WITH i AS ({_REPORTS}
            ), up AS (
                UPDATE deliveries d SET status = i.status, raw_status = i.raw_status, error = i.error,
                    provider_time = i.provider_time, reported_at = i.reported_at
                FROM i WHERE d.message_id = i.message_id
            )
            SELECT r.message_id, r.campaign_id::text AS campaign_id, r.batch_id
-           FROM recipients r JOIN i ON r.message_id = i.message_id""",
-        *_delivery_columns(rows),
+           FROM i CROSS JOIN LATERAL (SELECT * FROM recipients r WHERE r.message_id = i.message_id LIMIT 1) r""",
+        json_rows(rows),
     )
     return {r["message_id"]: (r["campaign_id"], r["batch_id"]) for r in result}
 
