@@ -366,9 +366,10 @@ class Invariants:
 
     async def counts_add_up(self, *, settled: bool, timeout: float = 60.0) -> Row:
         """Each campaign's status body: sent + failed + queued + processing + ambiguous = total and
-        processed = sent + failed; and in the stored counters (the body clamps `queued` at 0) nothing
-        exceeds the total. Settled: the projector agrees with the enqueuer's recipient states and with
-        the sender's ledger, campaign by campaign, and a finished campaign has nothing queued or processing."""
+        processed = sent + failed; in the stored counters (the body clamps `queued` at 0) nothing
+        exceeds the total; no completed or failed campaign has a recipient still queued or ambiguous.
+        Settled: the projector agrees with the enqueuer's recipient states and with the sender's ledger,
+        campaign by campaign, statuses included."""
         name = "counts add up"
         problems: list[str] = []
         async with self.db() as conn:
@@ -376,6 +377,16 @@ class Invariants:
                 """SELECT id::text AS id, status, total, accepted, rejected, delivered, delivery_failed,
                           processing, ambiguous FROM projector.campaigns"""
             )
+            # A campaign becomes completed or failed in the same transaction that settles its last batch.
+            unfinished = await conn.fetch(
+                """SELECT c.id::text AS id, c.status, r.state, count(*) AS n
+                   FROM enqueuer.campaigns c JOIN enqueuer.recipients r ON r.campaign_id = c.id
+                   WHERE c.status IN ('completed', 'failed') AND r.state IN ('queued', 'ambiguous')
+                   GROUP BY 1, 2, 3"""
+            )
+        problems += [
+            f"{u['id'][:8]}: {u['status']} with {u['n']} recipients {u['state']}" for u in unfinished
+        ]
         for c in rows:
             if c["accepted"] + c["rejected"] + c["processing"] + c["ambiguous"] > c["total"]:
                 problems.append(f"{c['id'][:8]}: stored counters exceed total {dict(c)}")

@@ -178,13 +178,13 @@ async def run_chaos(stack: LocalStack, scale: Scale) -> None:
         try:
             retail = await new_tenant(stack, http, "Chaos retail", "retail")
             shopify = await new_tenant(stack, http, "Chaos shop", "shopify")
-            due = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5))
             campaigns = {
-                "retail": await new_campaign(stack, http, retail, greek_mobiles(5_000_000, scale.recipients)),
-                "shopify (scheduled)": await new_campaign(
-                    stack, http, shopify, greek_mobiles(6_000_000, scale.scheduled), scheduledAt=due
-                ),
+                "retail": await new_campaign(stack, http, retail, greek_mobiles(5_000_000, scale.recipients))
             }
+            due = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 10))
+            campaigns["shopify (scheduled)"] = await new_campaign(
+                stack, http, shopify, greek_mobiles(6_000_000, scale.scheduled), scheduledAt=due
+            )
             await chaos.misbehave("disorder and 429s", DISORDER)
             r = await http.post(
                 f"{stack.url('enqueuer')}/api/campaigns/{campaigns['retail']}/enqueue", headers=retail
