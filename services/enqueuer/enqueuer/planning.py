@@ -7,6 +7,8 @@ is `sending` with every batch and its credit reservation written, or nothing cha
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,7 +43,6 @@ from shared.sms import placeholder_names
 from shared.topics import CAMPAIGN_EVENTS, SMS_BATCHES
 
 BATCH_EVENT_NAMESPACE = uuid.UUID("3c1f8e0a-5b7d-4e21-9f3a-7d2c4b9e6a15")
-OUTBOX_FLUSH_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,9 @@ async def start_sending(
     if campaign.status == "paused":
         return await resume_locked(conn, tenant, campaign, plan, at)
     marketing = campaign.message_type == MessageType.MARKETING.value
+    # A campaign is materialised once, by the enqueue that takes it out of draft or scheduled; recipients
+    # found already (never, unless a run was planned by hand) are kept and counted, not duplicated.
+    fresh = not await run_store.has_recipients(conn, campaign.id)
     if campaign.audience is None:
         if await campaign_store.inline_audience_size(conn, campaign.id) == 0:
             raise Refused(
@@ -102,18 +106,21 @@ async def start_sending(
                 "NO_TARGET_AUDIENCE",
                 "The campaign has neither recipients nor an audience (list, segment or all).",
             )
-        await run_store.materialise_inline(conn, campaign.id, tenant.id)
+        created = await run_store.materialise_inline(conn, campaign.id, tenant.id, fresh=fresh)
     else:
         spec = await resolve_audience(conn, tenant.id, campaign.audience)
-        await contact_store.materialise_from_contacts(
+        created = await contact_store.materialise_from_contacts(
             conn,
             campaign.id,
             tenant.id,
             spec,
             marketing=marketing,
             placeholders=sorted(placeholder_names(campaign.text)),
+            fresh=fresh,
         )
-    result = await plan_run(conn, tenant, campaign, RunKind.INITIAL, "queued", plan, at)
+    result = await plan_run(
+        conn, tenant, campaign, RunKind.INITIAL, "queued", plan, at, known_total=created if fresh else None
+    )
     return 200, result.body()
 
 
@@ -197,9 +204,13 @@ async def plan_run(
     at: datetime,
     *,
     before: list[Event] | None = None,
+    known_total: int | None = None,
 ) -> Enqueued:
-    """Plan a run over the campaign's recipients in `source_state` (queued, or failed for a retry)."""
-    total = await run_store.count_recipients(conn, campaign.id, source_state)
+    """Plan a run over the campaign's recipients in `source_state` (queued, or failed for a retry).
+    `known_total`: the campaign was just materialised with that many recipients, all queued (no count)."""
+    total = known_total
+    if total is None:
+        total = await run_store.count_recipients(conn, campaign.id, source_state)
     if total == 0:
         what = "failed recipients to retry" if source_state == "failed" else "eligible recipients"
         raise Refused(400, "NO_RECIPIENTS", f"The campaign has no {what}.")
@@ -218,22 +229,12 @@ async def plan_run(
         conn, [(CAMPAIGN_EVENTS, key, b"{}"), (CAMPAIGN_EVENTS, key, b"{}")]
     )
     writer = BatchWriter(campaign, tenant, run_token, pricer, plan.max_batch_bytes, at)
-    async for rows in run_store.stream_recipients(conn, campaign.id, source_state, plan.batch_size):
-        for value in writer.add_chunk(rows):
-            await writer.stage(conn, value)
-    await writer.flush(conn)
-    needed = writer.cost
-    if source_state == "failed":
-        await run_store.requeue_failed(conn, campaign.id)
-    if not await tenant_store.reserve(conn, tenant.id, needed, run_token, at):
-        raise _insufficient(needed, (await tenant_store.load_credits(conn, tenant.id)).available)
-    run = Run(
-        run_token, campaign.id, total, len(writer.planned), credits_reserved=needed, reservation_open=True
-    )
+    # The run's row comes first so that its batches can be written as they are planned; its counts and
+    # credits are filled in below.
     await run_store.start_run(
         conn,
         run_store.RunPlan(
-            run,
+            Run(run_token, campaign.id, total, 0, reservation_open=True),
             tenant.id,
             kind.value,
             plan.batch_size,
@@ -245,15 +246,21 @@ async def plan_run(
         ),
         at,
     )
-    await run_store.insert_run_batches(conn, run_token, writer.planned)
+    await plan_batches(conn, writer, source_state, plan.batch_size)
+    needed, total = writer.cost, writer.recipients
+    if source_state == "failed":
+        await run_store.requeue_failed(conn, campaign.id)
+    if not await tenant_store.reserve(conn, tenant.id, needed, run_token, at):
+        raise _insufficient(needed, (await tenant_store.load_credits(conn, tenant.id)).available)
+    await run_store.finish_run_plan(conn, run_token, total, writer.batches, needed)
     await campaign_store.mark_sending(conn, campaign.id, run_token, at)
-    campaign_total = await run_store.count_recipients(conn, campaign.id)
+    campaign_total = total if known_total is not None else await run_store.count_recipients(conn, campaign.id)
     enqueued = CampaignEnqueued(
         run_token=run_token,
         run_kind=kind,
         total=total,
         campaign_total=campaign_total,
-        batch_count=len(writer.planned),
+        batch_count=writer.batches,
         batch_size=plan.batch_size,
         credits_reserved=needed,
         started_at=at,
@@ -265,12 +272,46 @@ async def plan_run(
         await run_store.rewrite_outbox(
             conn, slot, encode(campaign_event(event, campaign.id, tenant.id, at).envelope)
         )
+    await run_store.notify_outbox(conn)
     available = (
         credits.available - needed
         if pricer.fixed is not None
         else (await tenant_store.load_credits(conn, tenant.id)).available
     )
-    return Enqueued(campaign.id, run_token, kind, total, len(writer.planned), needed, available)
+    return Enqueued(campaign.id, run_token, kind, total, writer.batches, needed, available)
+
+
+async def plan_batches(conn: Conn, writer: BatchWriter, source_state: str, batch_size: int) -> None:
+    """Walk the recipients a chunk of `batch_size` at a time, two cores at work: each round trip carries the
+    batches encoded from the chunk before and brings the next chunk, and this process encodes a chunk while
+    PostgreSQL writes the previous one and reads the next. At most two chunks are in memory."""
+    campaign_id = writer.campaign.id
+    async with run_store.index_order_walk(conn):
+        step = asyncio.ensure_future(
+            run_store.plan_step(
+                conn, campaign_id, source_state, "", batch_size, writer.run_token, writer.take()
+            )
+        )
+        try:
+            while (chunk := await step) is not None:
+                step = asyncio.ensure_future(
+                    run_store.plan_step(
+                        conn,
+                        campaign_id,
+                        source_state,
+                        chunk.last_phone,
+                        batch_size,
+                        writer.run_token,
+                        writer.take(),
+                    )
+                )
+                await asyncio.sleep(0)  # the query is on its way before the encoding below holds the loop
+                writer.add_chunk(chunk)
+            await run_store.plan_step(conn, campaign_id, source_state, "", 0, writer.run_token, writer.take())
+        finally:
+            if not step.done():  # encoding failed: let the query finish before the transaction rolls back
+                with contextlib.suppress(Exception):
+                    await step
 
 
 def _insufficient(needed: int, available: int) -> Refused:
@@ -284,9 +325,10 @@ def _insufficient(needed: int, available: int) -> Refused:
 
 
 class BatchWriter:
-    """Turns streamed recipient rows into pre-encoded BatchQueued events of at most `batch_size` recipients
-    (a chunk of the cursor) and at most `max_bytes` of JSON (a chunk is split when it would not fit the
-    broker's message limit). Batch ids are `{campaign}:{run}:{index}`, so the same rows give the same ids."""
+    """Turns chunks of recipients into pre-encoded BatchQueued events of at most `batch_size` recipients
+    (a chunk) and at most `max_bytes` of JSON (a chunk is split when it would not fit the broker's message
+    limit), and into their run_batches rows. Batch ids are `{campaign}:{run}:{index}`, so the same chunks
+    give the same ids. `take` hands over what was encoded since it was last called."""
 
     def __init__(
         self,
@@ -298,7 +340,6 @@ class BatchWriter:
         at: datetime,
     ) -> None:
         self.campaign = campaign
-        self.tenant_id = tenant.id
         self.run_token = run_token
         self.pricer = pricer
         self.max_bytes = max_bytes
@@ -307,45 +348,47 @@ class BatchWriter:
         self.text = BatchText(
             campaign.id, tenant.id, campaign.text, campaign.message_type, self.sender_id, campaign.offer_url
         )
-        self.planned: list[tuple[str, int, int, int, list[int]]] = []
+        self.key = campaign.id.encode()
+        self.batches = 0
+        self.recipients = 0
         self.cost = 0
-        self._staged: list[tuple[str, bytes, bytes]] = []
-        self._staged_bytes = 0
+        self._values: list[bytes] = []
+        self._rows: list[tuple[str, int, int, int, str]] = []
 
-    def add_chunk(self, rows: list[Any]) -> list[bytes]:
-        items = [recipient_json(r[0], r[1], r[2]) for r in rows]
-        ids = [r[0] for r in rows]
-        fixed = self.pricer.fixed
-        costs = [fixed] * len(rows) if fixed is not None else [self.pricer.parts_for_json(r[2]) for r in rows]
+    def add_chunk(self, chunk: run_store.Chunk) -> None:
+        ids, values = chunk.ids, chunk.values
+        # recipient_json, inlined: this line runs once per recipient.
+        items = [
+            f'{{"id":{i},"phone":"{p}","values":{v}}}'
+            for i, p, v in zip(ids, chunk.phones, values, strict=True)
+        ]
+        costs = self.pricer.parts_for_each(values)
         if sum(map(len, items)) + len(items) <= self.max_bytes:
-            return [self._close(items, ids, sum(costs))]
-        out: list[bytes] = []  # too large for one broker message: split, keeping the order
-        start = size = 0
+            self._close(items, ids, sum(costs))
+            return
+        start = size = 0  # too large for one broker message: split, keeping the order
         for i, item in enumerate(items):
             if i > start and size + len(item) + 1 > self.max_bytes:
-                out.append(self._close(items[start:i], ids[start:i], sum(costs[start:i])))
+                self._close(items[start:i], ids[start:i], sum(costs[start:i]))
                 start, size = i, 0
             size += len(item) + 1
-        out.append(self._close(items[start:], ids[start:], sum(costs[start:])))
-        return out
+        self._close(items[start:], ids[start:], sum(costs[start:]))
 
-    def _close(self, items: list[str], ids: list[int], cost: int) -> bytes:
-        index = len(self.planned)
+    def _close(self, items: list[str], ids: list[int], cost: int) -> None:
+        index = self.batches
         bid = domain.batch_id(self.campaign.id, self.run_token, index)
-        self.planned.append((bid, index, len(ids), cost, ids))
+        self._values.append(
+            encode_batch(self.text, bid, self.run_token, index, "[" + ",".join(items) + "]", self.at)
+        )
+        self._rows.append((bid, index, len(ids), cost, "{" + ",".join(map(str, ids)) + "}"))
+        self.batches += 1
+        self.recipients += len(ids)
         self.cost += cost
-        return encode_batch(self.text, bid, self.run_token, index, "[" + ",".join(items) + "]", self.at)
 
-    async def stage(self, conn: Conn, value: bytes) -> None:
-        self._staged.append((SMS_BATCHES, self.campaign.id.encode(), value))
-        self._staged_bytes += len(value)
-        if self._staged_bytes >= OUTBOX_FLUSH_BYTES:
-            await self.flush(conn)
-
-    async def flush(self, conn: Conn) -> None:
-        if self._staged:
-            await run_store.add_outbox_raw(conn, self._staged)
-            self._staged, self._staged_bytes = [], 0
+    def take(self) -> run_store.PlannedRows:
+        taken = run_store.PlannedRows(SMS_BATCHES, self.key, self._values, self._rows)
+        self._values, self._rows = [], []
+        return taken
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import orjson
 
 from shared.db import Conn
@@ -42,11 +43,12 @@ async def merge_import(
     keep what the contact had, attributes merge, tags add up, and an opt-out is never undone.
     Returns counts: staged, duplicates, inserted, updated."""
     staged = int(await conn.fetchval("SELECT count(*) FROM contact_import"))
-    await conn.execute(
-        """CREATE TEMP TABLE contact_import_last ON COMMIT DROP AS
-           SELECT DISTINCT ON (phone) * FROM contact_import ORDER BY phone, row_no DESC"""
+    distinct = _count(
+        await conn.execute(
+            """CREATE TEMP TABLE contact_import_last ON COMMIT DROP AS
+               SELECT DISTINCT ON (phone) * FROM contact_import ORDER BY phone, row_no DESC"""
+        )
     )
-    distinct = int(await conn.fetchval("SELECT count(*) FROM contact_import_last"))
     updated = await conn.execute(
         """UPDATE contacts c SET
                first_name = coalesce(d.first_name, c.first_name),
@@ -62,18 +64,22 @@ async def merge_import(
         tenant_id,
         at,
     )
-    inserted = await conn.execute(
-        """INSERT INTO contacts (tenant_id, phone, first_name, last_name, email, attributes, tags, consent,
-                                 created_at, updated_at)
-           SELECT $1, d.phone, d.first_name, d.last_name, d.email, d.attributes::jsonb, d.tags,
-                  coalesce(d.consent, $2), $3, $3
-           FROM contact_import_last d
-           WHERE NOT EXISTS (SELECT 1 FROM contacts c WHERE c.tenant_id = $1 AND c.phone = d.phone)
-           ON CONFLICT (tenant_id, phone) DO NOTHING""",
-        tenant_id,
-        default_consent,
-        at,
-    )
+    insert_new = """INSERT INTO contacts (tenant_id, phone, first_name, last_name, email, attributes, tags,
+                                          consent, created_at, updated_at)
+                    SELECT $1, d.phone, d.first_name, d.last_name, d.email, d.attributes::jsonb, d.tags,
+                           coalesce(d.consent, $2), $3, $3
+                    FROM contact_import_last d
+                    WHERE NOT EXISTS (SELECT 1 FROM contacts c WHERE c.tenant_id = $1 AND c.phone = d.phone)"""
+    try:
+        # A plain insert costs a third less than a speculative one (ON CONFLICT). It fails only when another
+        # transaction added one of these phones after this statement's snapshot (an opt-out, a concurrent
+        # import of the tenant); then the statement runs again, skipping those phones.
+        async with conn.transaction():
+            inserted = await conn.execute(insert_new, tenant_id, default_consent, at)
+    except asyncpg.UniqueViolationError:
+        inserted = await conn.execute(
+            insert_new + " ON CONFLICT (tenant_id, phone) DO NOTHING", tenant_id, default_consent, at
+        )
     if list_id is not None:
         await conn.execute(
             """INSERT INTO list_members (list_id, contact_id, added_at)
@@ -305,17 +311,19 @@ async def delete_segment(conn: Conn, tenant_id: str, segment_id: str) -> bool:
 
 
 def values_expr(names: Sequence[str]) -> str:
-    """SQL for a contact's personalisation values restricted to the template's placeholders (JSON object).
-    Names are placeholder names ([a-z_]), checked again here because they are written into the SQL."""
+    """SQL for a contact's personalisation values restricted to the template's placeholders, as the text of
+    a JSON object (names sorted, missing values left out): what BatchQueued carries and what the pricer keys
+    its cache by. Built as text because a jsonb per recipient costs a quarter of materialising. Names are
+    placeholder names ([a-z_]), checked again here because they are written into the SQL."""
     if not names:
-        return "'{}'::jsonb"
+        return "'{}'::text"
     pairs = []
     for name in sorted(set(names)):
         if not _NAME.match(name):
             raise ValueError(f"placeholder name {name!r}")
         column = _CONTACT_FIELDS.get(name) or f"c.attributes->>'{name}'"
-        pairs.append(f"'{name}', {column}")
-    return f"jsonb_strip_nulls(jsonb_build_object({', '.join(pairs)}))"
+        pairs.append(f"""'"{name}":' || to_json({column})::text""")  # NULL when the value is: skipped
+    return f"'{{' || concat_ws(',', {', '.join(pairs)}) || '}}'"
 
 
 def audience_where(spec: dict[str, Any], *, marketing: bool, params: list[Any]) -> str:
@@ -396,15 +404,18 @@ async def materialise_from_contacts(
     *,
     marketing: bool,
     placeholders: Sequence[str],
+    fresh: bool,
 ) -> int:
-    """Create the campaign's recipients from the eligible contacts, once per (campaign, phone)."""
+    """Create the campaign's recipients from the eligible contacts, once per (campaign, phone); returns how
+    many were created. `fresh`: the campaign has no recipients yet, so the unique index alone guards the
+    insert (contacts are unique per phone) and the costlier speculative ON CONFLICT insert is not needed."""
     params: list[Any] = [tenant_id, campaign_id]
     where = audience_where(spec, marketing=marketing, params=params)
     status = await conn.execute(
-        f"""INSERT INTO recipients (campaign_id, phone, "values")
+        f"""INSERT INTO recipients (campaign_id, phone, values_json)
             SELECT $2::uuid, c.phone, {values_expr(placeholders)} FROM contacts c
             WHERE c.tenant_id = $1 AND {where}
-            ON CONFLICT (campaign_id, phone) DO NOTHING""",
+            {"" if fresh else "ON CONFLICT (campaign_id, phone) DO NOTHING"}""",
         *params,
     )
     return _count(status)
