@@ -8,6 +8,7 @@ from datetime import datetime
 
 import phonenumbers
 
+from enqueuer import phones
 from shared.events import (
     BatchAmbiguous,
     BatchDeferred,
@@ -80,13 +81,7 @@ def check_schedule_time(scheduled_at: datetime, now: datetime) -> None:
 
 def normalise_phone(raw: str, region: str) -> str:
     """E.164 form of `raw`, read in `region` when it has no country code; ValueError when invalid."""
-    try:
-        number = phonenumbers.parse(raw.strip(), region.upper())
-    except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"not a phone number: {exc}") from exc
-    if not phonenumbers.is_valid_number(number):
-        raise ValueError("not a valid phone number for its country")
-    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+    return phones.normalise(raw, region)
 
 
 def check_sender_id(sender_id: str) -> None:

@@ -6,6 +6,7 @@ attributes). A bad row becomes a reason; the import goes on with the rest.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
@@ -65,8 +66,10 @@ class ContactRow:
     consent: str | None  # None: the row does not say (a new contact gets the import's default)
 
 
+@functools.lru_cache(maxsize=4096)
 def column_key(name: str) -> str:
-    """Canonical field for a column name: a known field, or an attribute key (snake case)."""
+    """Canonical field for a column name: a known field, or an attribute key (snake case). Cached: every
+    row of a file asks again for the same few header names."""
     squashed = re.sub(r"[\s_\-]+", "", name.strip().lower())
     if squashed in COLUMN_ALIASES:
         return COLUMN_ALIASES[squashed]
