@@ -256,7 +256,7 @@ async def runs_finished(stack: LocalStack) -> bool:
             """SELECT count(*) FROM enqueuer.campaigns
                WHERE status IN ('sending', 'scheduled') OR resume_requested_at IS NOT NULL"""
         )
-        return open_runs == 0 and busy == 0
+        return int(open_runs) == 0 and int(busy) == 0
     finally:
         await conn.close()
 

@@ -269,7 +269,7 @@ class Workload:
             self.traffic.answer("resumed", r, (200, 202))
 
     def table(self) -> str:
-        rows = [(k, v) for k, v in sorted(self.traffic.counts.items())]
+        rows: list[tuple[str, object]] = [(k, v) for k, v in sorted(self.traffic.counts.items())]
         rows += [("unexpected answer", u) for u in self.traffic.unexpected[:10]]
         return table("traffic", ("what", "count"), rows)
 
