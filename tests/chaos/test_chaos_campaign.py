@@ -228,6 +228,7 @@ async def run_chaos(stack: LocalStack, scale: Scale) -> None:
     assert not failed, invariant_table("violated", failed)
 
 
+@pytest.mark.timeout(600)  # about two minutes on an idle machine; room for a busy one
 @pytest.mark.parametrize("stack", [SHORT], indirect=True, ids=["short"])
 async def test_chaos_short_campaign_keeps_every_invariant(stack: LocalStack) -> None:
     await run_chaos(stack, SHORT)
