@@ -398,14 +398,11 @@ async def _write_send_results(conn: Conn, rows: list[SendRow], poll: Poll) -> No
         key = (row[0], row[1])
         if send_result_applies(first[key][4] if key in first else None, row[4]):
             first[key] = row
-    candidates = list(first.values())
-    parked, conflicts = await writes.insert_first_results(conn, candidates)
-    taken = set(range(len(candidates))).difference(conflicts)
+    parked, keys = await writes.insert_first_results(conn, list(first.values()))
     moves: Counter[tuple[str, str, str]] = Counter(
-        (candidates[i][0], candidates[i][3], candidates[i][4]) for i in taken
+        (r[0], r[3], r[4]) for k, r in first.items() if k not in keys
     )
-    if conflicts:
-        keys = {(candidates[i][0], candidates[i][1]) for i in conflicts}
+    if keys:
         recorded = await writes.send_statuses(conn, list(keys))
         latest: dict[tuple[str, int], SendRow] = {}
         for row in rows:

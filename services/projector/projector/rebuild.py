@@ -293,7 +293,7 @@ async def rebuild(
     compare: bool = False,
     keep: bool = False,
     poll_records: int = 5000,
-    workers: int = 2,
+    workers: int = 3,
     stamp: str | None = None,
 ) -> RebuildResult:
     """Rebuild every read model from offset 0. `swap`: make it the live schema (the old one is dropped
@@ -334,7 +334,7 @@ async def rebuild(
             await reader.read_to(ends, applier)
         phases["replay"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        await schemas.finish_tables(conn, target, (*READ_MODELS, schemas.POSITIONS), deferred)
+        await _finish_tables(dsn, target, (*READ_MODELS, schemas.POSITIONS), deferred)
         phases["indexes_and_logging"] = time.perf_counter() - mark
         mark = time.perf_counter()
         for _ in range(CATCH_UP_ROUNDS):
@@ -391,6 +391,21 @@ async def rebuild(
     result.seconds = time.perf_counter() - started
     result.phases = phases
     return result
+
+
+async def _finish_tables(
+    dsn: str, schema: str, tables: Sequence[str], indexes: Sequence[schemas.Index]
+) -> None:
+    """Tables side by side, each on its own connection: rewriting them into the WAL is most of the time."""
+
+    async def finish(table: str) -> None:
+        conn: asyncpg.Connection = await asyncpg.connect(dsn, command_timeout=None)
+        try:
+            await schemas.finish_table(conn, schema, table, indexes)
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*[finish(t) for t in tables])
 
 
 async def _replay_in_workers(

@@ -14,7 +14,7 @@ class ProjectorSettings(ServiceSettings):
         default=5000, description="records per consumed batch: bigger polls, fewer statements per event"
     )
     rebuild_workers: int = Field(
-        default=2, ge=1, description="processes a rebuild replays in (decoding is most of its CPU)"
+        default=3, ge=1, description="processes a rebuild replays in (decoding is most of its CPU)"
     )
     sse_interval_s: float = Field(default=1.0, description="how often a progress stream looks for changes")
     sse_keepalive_s: float = Field(default=15.0, description="comment sent on an idle progress stream")

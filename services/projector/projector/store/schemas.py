@@ -93,13 +93,13 @@ async def create_like(conn: Conn, live: str, target: str, tables: Sequence[str])
     return deferred
 
 
-async def finish_tables(conn: Conn, target: str, tables: Sequence[str], indexes: Sequence[Index]) -> None:
-    """Build the deferred indexes, make the tables durable (WAL-logged) and refresh planner statistics."""
+async def finish_table(conn: Conn, target: str, table: str, indexes: Sequence[Index]) -> None:
+    """Build the table's deferred indexes, make it durable (WAL-logged) and refresh its statistics."""
     for ix in indexes:
-        await conn.execute(ix.ddl)
-    for table in map(ident, tables):
-        await conn.execute(f"ALTER TABLE {ident(target)}.{table} SET LOGGED")
-        await conn.execute(f"ANALYZE {ident(target)}.{table}")
+        if ix.table == table:
+            await conn.execute(ix.ddl)
+    await conn.execute(f"ALTER TABLE {ident(target)}.{ident(table)} SET LOGGED")
+    await conn.execute(f"ANALYZE {ident(target)}.{ident(table)}")
 
 
 async def positions(conn: Conn, schema: str, consumer: str) -> dict[tuple[str, int], int]:

@@ -420,11 +420,19 @@ async def send_statuses(
     return {(r["campaign_id"], r["id"]): (r["status"], r["batch_id"]) for r in rows}
 
 
+def send_json(rows: Sequence[SendRow]) -> str:
+    """Send results grouped by what their outcome event shares (campaign, batch, bulk id, retry count,
+    time), so that PostgreSQL parses those once per batch instead of once per recipient."""
+    groups: dict[tuple[str, str, str | None, int, datetime], list[tuple[object, ...]]] = {}
+    for r in rows:
+        groups.setdefault((r[0], r[3], r[6], r[9], r[10]), []).append((r[1], r[2], r[4], r[5], r[7], r[8]))
+    return orjson.dumps([(*head, members) for head, members in groups.items()]).decode()
+
+
 _SEND_ROWS = """
-    SELECT (r->>0)::uuid AS c, (r->>1)::bigint AS id, r->>2 AS phone, r->>3 AS b, r->>4 AS st, r->>5 AS mid,
-           r->>6 AS bulk, (r->>7)::int AS parts, r->>8 AS err, (r->>9)::int AS rc, (r->>10)::timestamptz AS at,
-           (n - 1)::int AS pos
-    FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS j(r, n)"""
+    SELECT (g->>0)::uuid AS c, g->>1 AS b, g->>2 AS bulk, (g->>3)::int AS rc, (g->>4)::timestamptz AS at,
+           (r->>0)::bigint AS id, r->>1 AS phone, r->>2 AS st, r->>3 AS mid, (r->>4)::int AS parts, r->>5 AS err
+    FROM jsonb_array_elements($1::text::jsonb) AS groups(g), jsonb_array_elements(g->5) AS members(r)"""
 
 # Reports parked for the messages just written: counted now, and no longer parked.
 _UNPARK = """
@@ -435,11 +443,13 @@ _UNPARK = """
     )"""
 
 
-async def insert_first_results(conn: Conn, rows: Sequence[SendRow]) -> tuple[list[asyncpg.Record], list[int]]:
+async def insert_first_results(
+    conn: Conn, rows: Sequence[SendRow]
+) -> tuple[list[asyncpg.Record], set[tuple[str, int]]]:
     """Insert send results of recipients with none recorded, in one statement.
 
     Returns the parked reports of the inserted messages, grouped by (campaign, batch, status, raw status)
-    with a count, and the positions in `rows` of recipients that already had a result (to be decided
+    with a count, and the (campaign, recipient) of those that already had a result (to be decided
     against it)."""
     result = await conn.fetch(
         f"""WITH u AS ({_SEND_ROWS}
@@ -452,17 +462,16 @@ async def insert_first_results(conn: Conn, rows: Sequence[SendRow]) -> tuple[lis
                ON CONFLICT (campaign_id, id) DO NOTHING
                RETURNING campaign_id, id, batch_id, status, message_id
            ), {_UNPARK}
-           SELECT NULL::int AS conflict, campaign_id::text AS campaign_id, batch_id, status, raw_status,
+           SELECT NULL::bigint AS conflict, campaign_id::text AS campaign_id, batch_id, status, raw_status,
                   count(*)::int AS n
            FROM unparked GROUP BY 2, 3, 4, 5
            UNION ALL
-           SELECT u.pos, NULL, NULL, NULL, NULL, 0
+           SELECT u.id, u.c::text, NULL, NULL, NULL, 0
            FROM u WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.campaign_id = u.c AND w.id = u.id)""",
-        json_rows(rows),
+        send_json(rows),
     )
-    return [r for r in result if r["conflict"] is None], [
-        r["conflict"] for r in result if r["conflict"] is not None
-    ]
+    conflicts = {(r["campaign_id"], r["conflict"]) for r in result if r["conflict"] is not None}
+    return [r for r in result if r["conflict"] is None], conflicts
 
 
 async def write_send_results(conn: Conn, rows: Sequence[SendRow]) -> list[asyncpg.Record]:
@@ -484,7 +493,7 @@ async def write_send_results(conn: Conn, rows: Sequence[SendRow]) -> list[asyncp
            ), {_UNPARK}
            SELECT campaign_id::text AS campaign_id, batch_id, status, raw_status, count(*)::int AS n
            FROM unparked GROUP BY 1, 2, 3, 4""",
-        json_rows(rows),
+        send_json(rows),
     )
 
 
