@@ -292,3 +292,9 @@ async def test_replay_compares_then_swaps_while_the_api_answers(
     assert after["deliveryStatus"] == before["deliveryStatus"]
     check = await asyncio.to_thread(run, "checksum")
     assert check.returncode == 0, check.stderr
+    assert set(orjson.loads(check.stdout)["live"]["tables"]) >= {"campaigns", "recipients", "deliveries"}
+    report = await asyncio.to_thread(run, "reconcile", "--stuck-minutes", "1")
+    assert report.returncode == 0, report.stderr
+    sections = orjson.loads(report.stdout)
+    assert {"stuckProcessing", "sentWithoutFinalStatus", "ambiguousBatches", "stuckRuns"} <= set(sections)
+    assert all(sections[k]["command"] for k in ("stuckProcessing", "ambiguousBatches", "stuckRuns"))
