@@ -111,10 +111,16 @@ async def test_the_swap_keeps_the_api_answering_and_the_live_consumer_exact(
                     answers.append(status.status_code)
                 await asyncio.sleep(0.02)
 
+        swapped = asyncio.Event()
+
         async def keep_publishing() -> None:
-            for part in later.segments(10):
+            parts = later.segments(10)
+            for part in parts[:-2]:  # while the rebuild runs...
                 await publish(broker.bootstrap, part)
                 await asyncio.sleep(0.3)
+            await swapped.wait()
+            for part in parts[-2:]:  # ...and after its swap, whatever its speed
+                await publish(broker.bootstrap, part)
 
         applied = [
             r["name"]
@@ -122,7 +128,10 @@ async def test_the_swap_keeps_the_api_answering_and_the_live_consumer_exact(
         ]
         reader = asyncio.create_task(keep_reading())
         writer = asyncio.create_task(keep_publishing())
-        result = await rebuild(database, broker.bootstrap, swap=True, keep=True, poll_records=100)
+        try:
+            result = await rebuild(database, broker.bootstrap, swap=True, keep=True, poll_records=100)
+        finally:
+            swapped.set()
         await writer
         await wait_caught_up(database, broker.bootstrap)
         stop.set()
