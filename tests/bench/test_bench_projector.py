@@ -25,7 +25,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from projector.app import MIGRATIONS
-from projector.rebuild import apply_poll, checksum, rebuild
+from projector.rebuild import checksum, rebuild
+from projector.replay import apply_poll
 from projector.settings import ProjectorSettings
 from projector.synthetic import BASE_TIME, Record, report_bytes
 

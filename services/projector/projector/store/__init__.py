@@ -1,2 +1,2 @@
-"""Every SQL statement of the projector: `writes` (the projection), `reads` (the read API and operator
-reports), `schemas` (rebuild into a fresh schema, the atomic swap, checksums)."""
+"""Every SQL statement of the projector: the projection (`writes` for what every kind shares, `facts`,
+`sends`, `deliveries`), the read API and operator reports (`reads`), replay and checksums (`schemas`)."""
