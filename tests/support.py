@@ -12,6 +12,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from deploy.local.stack import LocalStack
+from shared.broker import end_offsets as log_end_offsets
 
 
 def greek_mobiles(start: int, count: int) -> list[str]:
@@ -112,7 +113,9 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int]
         if not tps:
             await consumer._client.force_metadata_update()
             tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or set())]
-        return {(tp.topic, tp.partition): o for tp, o in (await consumer.end_offsets(tps)).items()}
+        # shared.broker's end_offsets reads past the local broker's ListOffsets answer, which stops at the
+        # first record of a partition's last record batch.
+        return await log_end_offsets(bootstrap, [(tp.topic, tp.partition) for tp in tps]) if tps else {}
     finally:
         await consumer.stop()
 
