@@ -646,4 +646,4 @@ async def log_ends(bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, int
         partitions = [(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
     finally:
         await consumer.stop()
-    return await end_offsets(bootstrap, partitions)
+    return await end_offsets(bootstrap, partitions) if partitions else {}
