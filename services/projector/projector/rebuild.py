@@ -103,6 +103,7 @@ async def rebuild(
     keep: bool = False,
     poll_records: int = 5000,
     workers: int = 3,
+    parallel_from: int = PARALLEL_FROM,
     stamp: str | None = None,
 ) -> RebuildResult:
     """Rebuild every read model from offset 0. `swap`: make it the live schema (the old one is dropped
@@ -134,7 +135,8 @@ async def rebuild(
 
         mark = time.perf_counter()
         ends = await reader.end_offsets()
-        if workers > 1 and sum(ends.values()) >= PARALLEL_FROM:
+        if workers > 1 and sum(ends.values()) >= parallel_from:
+            reader.hold()
             reader.events += await replay_in_workers(
                 dsn, bootstrap, target, split(ends, workers), poll_records
             )

@@ -71,12 +71,19 @@ class LogReader:
     async def stop(self) -> None:
         await self.consumer.stop()
 
+    def hold(self) -> None:
+        """Stop fetching (while other readers replay): nothing is read ahead for nothing."""
+        if self.partitions:
+            self.consumer.pause(*self.partitions)
+
     def skip_to(self, positions: dict[Partition, int]) -> None:
         """Continue from `positions` (what other readers applied)."""
         for tp in self.partitions:
             if key_of(tp) in positions:
                 self.consumer.seek(tp, positions[key_of(tp)])
                 self.next[key_of(tp)] = positions[key_of(tp)]
+        if self.partitions:
+            self.consumer.resume(*self.partitions)
 
     async def end_offsets(self) -> dict[Partition, int]:
         ends = await self.consumer.end_offsets(self.partitions) if self.partitions else {}
