@@ -203,7 +203,7 @@ async def enqueue(
             raise Refused(409, "ALREADY_SENDING", "Another request is enqueuing this campaign.") from None
         if campaign is None:
             raise Refused(404, "RESOURCE_NOT_FOUND", "No such campaign.")
-        status, body = await planning.start_sending(conn, campaign, plan, at)
+        status, body = await planning.start_sending(conn, campaign, plan, at, readers=pool)
         if idempotency_key:
             await run_store.store_response(
                 conn, tenant.id, idempotency_key, f"enqueue:{campaign_id}", status, body, at

@@ -56,7 +56,7 @@ async def run_due_campaigns(
             campaign = await campaign_store.claim_due(conn, now)
             if campaign is None:
                 return handled
-            await _start_or_refuse(conn, campaign, plan, now, counters, scheduled=True)
+            await _start_or_refuse(conn, campaign, plan, now, counters, scheduled=True, readers=pool)
         handled += 1
     return handled
 
@@ -70,7 +70,7 @@ async def run_pending_resumes(
             campaign = await campaign_store.claim_resumable(conn)
             if campaign is None:
                 return handled
-            await _start_or_refuse(conn, campaign, plan, now, counters, scheduled=False)
+            await _start_or_refuse(conn, campaign, plan, now, counters, scheduled=False, readers=pool)
         handled += 1
     return handled
 
@@ -83,10 +83,11 @@ async def _start_or_refuse(
     counters: LoopCounters,
     *,
     scheduled: bool,
+    readers: asyncpg.Pool,
 ) -> None:
     try:
         async with conn.transaction():  # a savepoint: a refusal undoes the attempt, not the refusal record
-            await planning.start_sending(conn, campaign, plan, now)
+            await planning.start_sending(conn, campaign, plan, now, readers=readers)
         if scheduled:
             counters.scheduled += 1
         else:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 import orjson
 
 from enqueuer import domain
@@ -22,6 +24,7 @@ from enqueuer.messages import campaign_event
 from enqueuer.pricing import Pricer, TextShape
 from enqueuer.store import campaigns as campaign_store
 from enqueuer.store import contacts as contact_store
+from enqueuer.store import copying
 from enqueuer.store import runs as run_store
 from enqueuer.store import tenants as tenant_store
 from shared import db
@@ -43,6 +46,8 @@ from shared.sms import placeholder_names
 from shared.topics import CAMPAIGN_EVENTS, SMS_BATCHES
 
 BATCH_EVENT_NAMESPACE = uuid.UUID("3c1f8e0a-5b7d-4e21-9f3a-7d2c4b9e6a15")
+_ITEM_PHONE, _ITEM_VALUES, _ITEM_NEXT = ',"phone":"', '","values":', '},{"id":'  # see BatchWriter.add_rows
+READER_WAIT_S = 1.0  # for the audience copy's second connection; then INSERT ... SELECT on this one
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,16 @@ def batch_event_id(batch_id: str) -> str:
 
 
 async def start_sending(
-    conn: Conn, campaign: campaign_store.Campaign, plan: PlanSettings, at: datetime
+    conn: Conn,
+    campaign: campaign_store.Campaign,
+    plan: PlanSettings,
+    at: datetime,
+    *,
+    readers: asyncpg.Pool | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Enqueue a campaign the caller holds locked: the seed's checks in its order, then a run.
-    A paused campaign resumes (see `resume_locked`)."""
+    A paused campaign resumes (see `resume_locked`). `readers`: where to borrow the second connection that
+    copies a new campaign's audience (see `store.copying`); without one, INSERT ... SELECT."""
     domain.check_transition("enqueue", campaign.status)
     tenant = await tenant_store.load_tenant(conn, campaign.tenant_id)
     assert tenant is not None
@@ -96,9 +107,7 @@ async def start_sending(
     if campaign.status == "paused":
         return await resume_locked(conn, tenant, campaign, plan, at)
     marketing = campaign.message_type == MessageType.MARKETING.value
-    # A campaign is materialised once, by the enqueue that takes it out of draft or scheduled; recipients
-    # found already (never, unless a run was planned by hand) are kept and counted, not duplicated.
-    fresh = not await run_store.has_recipients(conn, campaign.id)
+    placeholders = sorted(placeholder_names(campaign.text))
     if campaign.audience is None:
         if await campaign_store.inline_audience_size(conn, campaign.id) == 0:
             raise Refused(
@@ -106,16 +115,33 @@ async def start_sending(
                 "NO_TARGET_AUDIENCE",
                 "The campaign has neither recipients nor an audience (list, segment or all).",
             )
-        created = await run_store.materialise_inline(conn, campaign.id, tenant.id, fresh=fresh)
+        spec = None
+        source = copying.inline_source(campaign.id, tenant.id)
     else:
         spec = await resolve_audience(conn, tenant.id, campaign.audience)
+        source = copying.contacts_source(
+            campaign.id, tenant.id, spec, marketing=marketing, placeholders=placeholders
+        )
+    # A campaign is materialised once, by the enqueue that takes it out of draft or scheduled; recipients
+    # found already (never, unless a run was planned by hand) are kept and counted, not duplicated.
+    fresh = not await run_store.has_recipients(conn, campaign.id)
+    if fresh:
+        async with copying.reader_connection(readers, READER_WAIT_S) as reader:
+            if reader is not None:
+                result = await plan_run(
+                    conn, tenant, campaign, RunKind.INITIAL, "queued", plan, at, copied_from=(reader, source)
+                )
+                return 200, result.body()
+    if spec is None:
+        created = await run_store.materialise_inline(conn, campaign.id, tenant.id, fresh=fresh)
+    else:
         created = await contact_store.materialise_from_contacts(
             conn,
             campaign.id,
             tenant.id,
             spec,
             marketing=marketing,
-            placeholders=sorted(placeholder_names(campaign.text)),
+            placeholders=placeholders,
             fresh=fresh,
         )
     result = await plan_run(
@@ -205,48 +231,59 @@ async def plan_run(
     *,
     before: list[Event] | None = None,
     known_total: int | None = None,
+    copied_from: tuple[Conn, copying.SourceQuery] | None = None,
 ) -> Enqueued:
     """Plan a run over the campaign's recipients in `source_state` (queued, or failed for a retry).
-    `known_total`: the campaign was just materialised with that many recipients, all queued (no count)."""
-    total = known_total
-    if total is None:
-        total = await run_store.count_recipients(conn, campaign.id, source_state)
-    if total == 0:
-        what = "failed recipients to retry" if source_state == "failed" else "eligible recipients"
-        raise Refused(400, "NO_RECIPIENTS", f"The campaign has no {what}.")
+    `known_total`: the campaign was just materialised with that many recipients, all queued (no count).
+    `copied_from`: a new campaign's recipients are to be copied from this source (on this connection) and
+    planned as they stream by, instead of being read back."""
     marketing = campaign.message_type == MessageType.MARKETING.value
     pricer = Pricer(TextShape(campaign.text, marketing, bool(campaign.offer_url), plan.links_base_url))
-    credits = await tenant_store.load_credits(conn, tenant.id)
-    if pricer.fixed is not None and pricer.fixed * total > credits.available:
-        raise _insufficient(pricer.fixed * total, credits.available)
     run_token = uuid.uuid4().hex[:16]
-    if before:
-        await db.add_outbox(conn, [campaign_event(e, campaign.id, tenant.id, at) for e in before])
-    key = campaign.id.encode()
-    # Reserve the places of CampaignEnqueued and CreditsReserved ahead of the batches, so that they are
-    # published first; their contents (batch count, credits) are known only after the stream.
-    enqueued_slot, reserved_slot = await run_store.add_outbox_raw(
-        conn, [(CAMPAIGN_EVENTS, key, b"{}"), (CAMPAIGN_EVENTS, key, b"{}")]
-    )
     writer = BatchWriter(campaign, tenant, run_token, pricer, plan.max_batch_bytes, at)
-    # The run's row comes first so that its batches can be written as they are planned; its counts and
-    # credits are filled in below.
-    await run_store.start_run(
-        conn,
-        run_store.RunPlan(
-            Run(run_token, campaign.id, total, 0, reservation_open=True),
-            tenant.id,
-            kind.value,
-            plan.batch_size,
-            campaign.text,
-            writer.sender_id,
-            campaign.message_type,
-            campaign.offer_url,
-            at + plan.reservation_ttl,
-        ),
-        at,
-    )
-    await plan_batches(conn, writer, source_state, plan.batch_size)
+    with copying.batch_spool(SMS_BATCHES, writer.key) as spool:
+        if copied_from is not None:
+            encoder = CopyRowsEncoder(writer, spool, plan.batch_size)
+            await copying.copy_into_recipients(conn, *copied_from, encoder)
+            encoder.finish()
+            total = writer.recipients
+        elif known_total is not None:
+            total = known_total
+        else:
+            total = await run_store.count_recipients(conn, campaign.id, source_state)
+        if total == 0:
+            what = "failed recipients to retry" if source_state == "failed" else "eligible recipients"
+            raise Refused(400, "NO_RECIPIENTS", f"The campaign has no {what}.")
+        credits = await tenant_store.load_credits(conn, tenant.id)
+        if pricer.fixed is not None and pricer.fixed * total > credits.available:
+            raise _insufficient(pricer.fixed * total, credits.available)
+        if before:
+            await db.add_outbox(conn, [campaign_event(e, campaign.id, tenant.id, at) for e in before])
+        # Reserve the places of CampaignEnqueued and CreditsReserved ahead of the batches, so that they are
+        # published first; their contents (batch count, credits) are known only after the batches.
+        enqueued_slot, reserved_slot = await run_store.add_outbox_raw(
+            conn, [(CAMPAIGN_EVENTS, writer.key, b"{}"), (CAMPAIGN_EVENTS, writer.key, b"{}")]
+        )
+        # The run's row comes before its batches (their foreign key); counts and credits are filled in below.
+        await run_store.start_run(
+            conn,
+            run_store.RunPlan(
+                Run(run_token, campaign.id, total, 0, reservation_open=True),
+                tenant.id,
+                kind.value,
+                plan.batch_size,
+                campaign.text,
+                writer.sender_id,
+                campaign.message_type,
+                campaign.offer_url,
+                at + plan.reservation_ttl,
+            ),
+            at,
+        )
+        if copied_from is not None:
+            await spool.write(conn, run_token)
+        else:
+            await plan_batches(conn, writer, source_state, plan.batch_size)
     needed, total = writer.cost, writer.recipients
     if source_state == "failed":
         await run_store.requeue_failed(conn, campaign.id)
@@ -254,7 +291,8 @@ async def plan_run(
         raise _insufficient(needed, (await tenant_store.load_credits(conn, tenant.id)).available)
     await run_store.finish_run_plan(conn, run_token, total, writer.batches, needed)
     await campaign_store.mark_sending(conn, campaign.id, run_token, at)
-    campaign_total = total if known_total is not None else await run_store.count_recipients(conn, campaign.id)
+    new_campaign = known_total is not None or copied_from is not None
+    campaign_total = total if new_campaign else await run_store.count_recipients(conn, campaign.id)
     enqueued = CampaignEnqueued(
         run_token=run_token,
         run_kind=kind,
@@ -356,31 +394,50 @@ class BatchWriter:
         self._rows: list[tuple[str, int, int, int, str]] = []
 
     def add_chunk(self, chunk: run_store.Chunk) -> None:
-        ids, values = chunk.ids, chunk.values
-        # recipient_json, inlined: this line runs once per recipient.
-        items = [
-            f'{{"id":{i},"phone":"{p}","values":{v}}}'
-            for i, p, v in zip(ids, chunk.phones, values, strict=True)
-        ]
-        costs = self.pricer.parts_for_each(values)
-        if sum(map(len, items)) + len(items) <= self.max_bytes:
-            self._close(items, ids, sum(costs))
-            return
-        start = size = 0  # too large for one broker message: split, keeping the order
-        for i, item in enumerate(items):
-            if i > start and size + len(item) + 1 > self.max_bytes:
-                self._close(items[start:i], ids[start:i], sum(costs[start:i]))
-                start, size = i, 0
-            size += len(item) + 1
-        self._close(items[start:], ids[start:], sum(costs[start:]))
+        self.add_rows(list(map(str, chunk.ids)), chunk.phones, chunk.values)
 
-    def _close(self, items: list[str], ids: list[int], cost: int) -> None:
+    def add_rows(self, ids: list[str], phones: list[str], values: list[str]) -> None:
+        """Recipients (id, E.164 phone, values as JSON text) of at most one batch by count. The batch's JSON
+        is put together by joins and slice assignments (C loops), not by formatting each recipient: this
+        runs once per recipient of every campaign."""
+        n = len(ids)
+        if n == 0:
+            return
+        parts: list[str] = [_ITEM_PHONE] * (
+            6 * n
+        )  # id, ',"phone":"', phone, '","values":', values, '},{"id":'
+        parts[0::6] = ids
+        parts[2::6] = phones
+        parts[3::6] = [_ITEM_VALUES] * n
+        parts[4::6] = values
+        parts[5::6] = [_ITEM_NEXT] * n
+        parts[-1] = "}]"
+        body = '[{"id":' + "".join(parts)
+        size = len(body) if body.isascii() else len(body.encode())
+        if size <= self.max_bytes:
+            if self.pricer.fixed is not None:
+                cost = self.pricer.fixed * n
+            else:
+                cost = sum(self.pricer.parts_for_json(v) * k for v, k in Counter(values).items())
+            self._close(body, ids, cost)
+            return
+        # Too large for one broker message: split, keeping the order.
+        items = [recipient_json(i, p, v) for i, p, v in zip(ids, phones, values, strict=True)]
+        sizes = [len(item.encode()) + 1 for item in items]
+        costs = self.pricer.parts_for_each(values)
+        start = size = 0
+        for i in range(n):
+            if i > start and size + sizes[i] + 1 > self.max_bytes:
+                self._close("[" + ",".join(items[start:i]) + "]", ids[start:i], sum(costs[start:i]))
+                start, size = i, 0
+            size += sizes[i]
+        self._close("[" + ",".join(items[start:]) + "]", ids[start:], sum(costs[start:]))
+
+    def _close(self, recipients_json: str, ids: list[str], cost: int) -> None:
         index = self.batches
         bid = domain.batch_id(self.campaign.id, self.run_token, index)
-        self._values.append(
-            encode_batch(self.text, bid, self.run_token, index, "[" + ",".join(items) + "]", self.at)
-        )
-        self._rows.append((bid, index, len(ids), cost, "{" + ",".join(map(str, ids)) + "}"))
+        self._values.append(encode_batch(self.text, bid, self.run_token, index, recipients_json, self.at))
+        self._rows.append((bid, index, len(ids), cost, "{" + ",".join(ids) + "}"))
         self.batches += 1
         self.recipients += len(ids)
         self.cost += cost
@@ -389,6 +446,36 @@ class BatchWriter:
         taken = run_store.PlannedRows(SMS_BATCHES, self.key, self._values, self._rows)
         self._values, self._rows = [], []
         return taken
+
+
+class CopyRowsEncoder:
+    """Takes the copied recipients as rows of COPY text (id, campaign, phone, values; tab-separated, a
+    newline after each) and encodes them a batch at a time into the spool. Rows are cut into fields by two
+    string-wide calls, not row by row. A value's backslashes arrive doubled, its only COPY escape: JSON text
+    holds no raw control characters or tabs, and ids, campaign ids and E.164 phones no backslashes."""
+
+    def __init__(self, writer: BatchWriter, spool: copying.BatchSpool, batch_size: int) -> None:
+        self.writer, self.spool = writer, spool
+        self._per_batch = 4 * batch_size
+        self._fields: list[str] = []
+
+    def __call__(self, rows: str) -> None:
+        if "\\" in rows:
+            rows = rows.replace("\\\\", "\\")
+        fields = self._fields
+        fields += rows[:-1].replace("\n", "\t").split("\t")
+        while len(fields) >= self._per_batch:
+            self._encode(fields[: self._per_batch])
+            del fields[: self._per_batch]
+
+    def finish(self) -> None:
+        if self._fields:
+            self._encode(self._fields)
+            self._fields = []
+
+    def _encode(self, fields: list[str]) -> None:
+        self.writer.add_rows(fields[0::4], fields[2::4], fields[3::4])
+        self.spool.add(self.writer.take())
 
 
 @dataclass(frozen=True)
@@ -429,7 +516,7 @@ def encode_batch(
     return orjson.dumps(envelope)
 
 
-def recipient_json(rid: int, phone: str, values_json: str) -> str:
+def recipient_json(rid: int | str, phone: str, values_json: str) -> str:
     """One recipient as JSON. Phones are stored only in E.164 (`+` and digits, from `normalise_phone`) and
     values are JSON printed by PostgreSQL, so both go in as they are."""
     return f'{{"id":{rid},"phone":"{phone}","values":{values_json}}}'

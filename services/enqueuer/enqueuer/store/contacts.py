@@ -4,7 +4,7 @@ audience query that turns a campaign's audience into eligible contacts."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -326,40 +326,48 @@ def values_expr(names: Sequence[str]) -> str:
     return f"'{{' || concat_ws(',', {', '.join(pairs)}) || '}}'"
 
 
-def audience_where(spec: dict[str, Any], *, marketing: bool, params: list[Any]) -> str:
-    """Conditions on contacts `c` for an audience spec (kind all | list | filter; a segment is resolved to
-    its filter by the caller), eligibility included; values are appended to `params` as $n."""
+Bind = Callable[[Any, str], str]  # (value, PostgreSQL type) -> an SQL expression of that type
 
-    def p(value: Any) -> str:
+
+def bind_params(params: list[Any]) -> Bind:
+    """Values as $n parameters of the statement, appended to `params`."""
+
+    def bind(value: Any, pg_type: str) -> str:
         params.append(value)
-        return f"${len(params)}"
+        return f"${len(params)}::{pg_type}"
 
+    return bind
+
+
+def audience_where(spec: dict[str, Any], *, marketing: bool, bind: Bind) -> str:
+    """Conditions on contacts `c` for an audience spec (kind all | list | filter; a segment is resolved to
+    its filter by the caller), eligibility included; values go through `bind`."""
     conds = ["c.opted_out_at IS NULL", "c.consent = 'granted'" if marketing else "c.consent <> 'denied'"]
     kind = spec["kind"]
     if kind == "list":
         conds.append(
-            f"EXISTS (SELECT 1 FROM list_members m WHERE m.list_id = {p(spec['list_id'])}::uuid"
+            f"EXISTS (SELECT 1 FROM list_members m WHERE m.list_id = {bind(spec['list_id'], 'uuid')}"
             " AND m.contact_id = c.id)"
         )
     elif kind == "filter":
         f = spec["filter"]
         if f.get("list_ids"):
             conds.append(
-                f"EXISTS (SELECT 1 FROM list_members m WHERE m.list_id = ANY({p(f['list_ids'])}::uuid[])"
+                f"EXISTS (SELECT 1 FROM list_members m WHERE m.list_id = ANY({bind(f['list_ids'], 'uuid[]')})"
                 " AND m.contact_id = c.id)"
             )
         if f.get("tags_any"):
-            conds.append(f"c.tags && {p(f['tags_any'])}::text[]")
+            conds.append(f"c.tags && {bind(f['tags_any'], 'text[]')}")
         if f.get("tags_all"):
-            conds.append(f"c.tags @> {p(f['tags_all'])}::text[]")
+            conds.append(f"c.tags @> {bind(f['tags_all'], 'text[]')}")
         for key, allowed in sorted(f.get("attributes", {}).items()):
-            conds.append(f"c.attributes->>{p(key)}::text = ANY({p(allowed)}::text[])")
+            conds.append(f"c.attributes->>{bind(key, 'text')} = ANY({bind(allowed, 'text[]')})")
         if f.get("consent"):
-            conds.append(f"c.consent = ANY({p(f['consent'])}::text[])")
+            conds.append(f"c.consent = ANY({bind(f['consent'], 'text[]')})")
         if f.get("created_after"):
-            conds.append(f"c.created_at >= {p(datetime.fromisoformat(f['created_after']))}::timestamptz")
+            conds.append(f"c.created_at >= {bind(datetime.fromisoformat(f['created_after']), 'timestamptz')}")
         if f.get("created_before"):
-            conds.append(f"c.created_at < {p(datetime.fromisoformat(f['created_before']))}::timestamptz")
+            conds.append(f"c.created_at < {bind(datetime.fromisoformat(f['created_before']), 'timestamptz')}")
     elif kind != "all":
         raise ValueError(f"audience kind {kind!r}")
     return " AND ".join(conds)
@@ -379,7 +387,7 @@ async def preview_audience(
     personalisation values, so that a cost is computed once per distinct text. `complete` is False when
     there were more than `group_limit` distinct values (the caller then extrapolates)."""
     params: list[Any] = [tenant_id]
-    where = audience_where(spec, marketing=marketing, params=params)
+    where = audience_where(spec, marketing=marketing, bind=bind_params(params))
     count = int(
         await conn.fetchval(f"SELECT count(*) FROM contacts c WHERE c.tenant_id = $1 AND {where}", *params)
     )
@@ -410,7 +418,7 @@ async def materialise_from_contacts(
     many were created. `fresh`: the campaign has no recipients yet, so the unique index alone guards the
     insert (contacts are unique per phone) and the costlier speculative ON CONFLICT insert is not needed."""
     params: list[Any] = [tenant_id, campaign_id]
-    where = audience_where(spec, marketing=marketing, params=params)
+    where = audience_where(spec, marketing=marketing, bind=bind_params(params))
     status = await conn.execute(
         f"""INSERT INTO recipients (campaign_id, phone, values_json)
             SELECT $2::uuid, c.phone, {values_expr(placeholders)} FROM contacts c
