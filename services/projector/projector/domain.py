@@ -16,8 +16,6 @@ OPEN_BATCH = frozenset({"queued", "processing"})
 # Members stay listed while the batch is open or was deferred (paused/cancelled before the call).
 MEMBER_BATCH = frozenset({"queued", "processing", "deferred"})
 
-RECIPIENT_STATUSES = ("queued", "processing", "sent", "failed", "ambiguous")
-
 
 @dataclass(frozen=True)
 class DeliveryState:
@@ -174,22 +172,6 @@ def stats(row: dict[str, Any]) -> dict[str, int]:
 
 def progress_percent(s: dict[str, int]) -> float:
     return round(100.0 * s["processed"] / s["total"], 1) if s["total"] else 0.0
-
-
-def recipient_status(send_status: str | None, batch_status: str | None, delivery_status: str | None) -> str:
-    """The seed's per-recipient status: queued → processing → sent | failed (plus ambiguous).
-
-    A recipient in an open or deferred batch of the campaign's current run is queued or processing; one
-    with a send result is sent, failed (rejected, or reported failed) or ambiguous."""
-    if batch_status is not None:
-        return "processing" if batch_status == "processing" else "queued"
-    if send_status == "accepted":
-        return "failed" if delivery_status == "failed" else "sent"
-    if send_status == "rejected":
-        return "failed"
-    if send_status == "ambiguous":
-        return "ambiguous"
-    return "queued"
 
 
 def campaign_status_alias(status: str) -> str:
