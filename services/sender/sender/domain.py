@@ -25,13 +25,17 @@ class Control:
 
 
 def go_or_defer(control: Control | None, run_token: str) -> Go:
-    """Send unless this run was paused or cancelled (or a later run replaced it) before the call."""
+    """Send unless this run was paused, or the campaign cancelled, before the call.
+
+    A different run token in the control row says nothing about which run is newer: the control row
+    follows campaign.events, which is not ordered with sms.batches, so a new run's (retry failed, resume)
+    first batches often arrive before its CampaignEnqueued. Deferring them would drop the run. An older
+    run's batch arriving late is harmless: the per-(campaign, phone) claim never hands a phone over twice.
+    """
     if control is None:
         return "send"
     if control.status == "cancelled":
         return "cancelled"
-    if control.run_token != run_token and control.run_token is not None and control.status != "paused":
-        return "superseded"  # a newer run owns the campaign now
     if control.status == "paused" and control.run_token == run_token:
         return "paused"
     return "send"

@@ -209,12 +209,11 @@ async def test_a_phone_handed_over_by_another_batch_is_suppressed(lg: Ledger) ->
     assert await sim_count(lg, campaign) == {"phones": 8, "sends": 8, "max": 1}
 
 
-async def test_paused_cancelled_and_superseded_runs_are_deferred_without_a_call(lg: Ledger) -> None:
+async def test_paused_and_cancelled_runs_are_deferred_without_a_call(lg: Ledger) -> None:
     sender, _, _ = lg.sender()
     cases = {
         "paused": ("paused", "run-1"),
         "cancelled": ("cancelled", "run-1"),
-        "superseded": ("sending", "run-2"),
     }
     for expected, (status, run_token) in cases.items():
         campaign = new_campaign()
@@ -225,6 +224,16 @@ async def test_paused_cancelled_and_superseded_runs_are_deferred_without_a_call(
         assert isinstance(deferred, BatchDeferred)
         assert deferred.reason == expected
         assert await sim_count(lg, campaign) == {"phones": 0, "sends": 0, "max": 0}
+
+
+async def test_a_new_runs_batch_arriving_before_its_run_is_known_is_sent(lg: Ledger) -> None:
+    """Retry-failed and resume runs get new tokens; their batches may overtake their CampaignEnqueued."""
+    sender, _, _ = lg.sender()
+    campaign = new_campaign()
+    async with lg.pool.acquire() as conn:
+        await store.save_control(conn, campaign, "finished", "run-0")
+    assert await sender.handle(*a_batch(campaign, phones(950, 3))) == "sent"
+    assert await sim_count(lg, campaign) == {"phones": 3, "sends": 3, "max": 1}
 
 
 async def test_two_replicas_getting_the_same_batch_call_the_provider_once(lg: Ledger) -> None:

@@ -46,7 +46,8 @@ def a_batch(template: str = "Hi {{first_name}}", sender_id: str | None = None, *
         (Control("paused", "r1"), "r1", "paused"),
         (Control("cancelled", "r1"), "r1", "cancelled"),
         (Control("cancelled", None), "r1", "cancelled"),
-        (Control("sending", "r2"), "r1", "superseded"),
+        (Control("sending", "r2"), "r1", "send"),  # the per-phone claim, not the token, prevents a resend
+        (Control("finished", "r1"), "r2", "send"),  # a retry run's batch before its CampaignEnqueued
         (Control("paused", "r0"), "r1", "send"),  # an older run was paused; this one was not
         (Control("finished", "r1"), "r1", "send"),
     ],
