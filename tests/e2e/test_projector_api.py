@@ -293,6 +293,10 @@ async def test_replay_compares_then_swaps_while_the_api_answers(
     check = await asyncio.to_thread(run, "checksum")
     assert check.returncode == 0, check.stderr
     assert set(orjson.loads(check.stdout)["live"]["tables"]) >= {"campaigns", "recipients", "deliveries"}
+    sums = await get(api, f"{projector(stack)}/api/operator/checksum", stack.operator_key)
+    assert sums.status_code == 200
+    assert sums.json()["tables"]["recipients"]["rows"] >= 4000
+    assert (await get(api, f"{projector(stack)}/api/operator/checksum", retail)).status_code == 401
     report = await asyncio.to_thread(run, "reconcile", "--stuck-minutes", "1")
     assert report.returncode == 0, report.stderr
     sections = orjson.loads(report.stdout)
