@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -55,10 +56,12 @@ async def import_contacts(
     at: datetime,
 ) -> ImportReport:
     """Read the body as it arrives, COPY good rows into a staging table in chunks, then merge set-based.
-    Bad rows are reported (row number, reason); a file that cannot be read at all changes nothing."""
+    Bad rows are reported (row number, reason); a file that cannot be read at all changes nothing.
+    A chunk's COPY runs while the next rows are parsed: PostgreSQL and this process work at once."""
     reader: CsvReader | JsonReader = CsvReader() if fmt == "csv" else JsonReader()
     report = ImportReport()
     pending: list[store.ImportRow] = []
+    copying: asyncio.Future[None] | None = None
     async with pool.acquire() as conn, conn.transaction():
         if list_id is not None and await store.load_list(conn, tenant.id, list_id) is None:
             raise Refused(404, "LIST_NOT_FOUND", "No such list.")
@@ -67,11 +70,16 @@ async def import_contacts(
             async for chunk in body:
                 _take(reader.feed(chunk), tenant.default_region, report, pending, max_errors)
                 if len(pending) >= COPY_ROWS:
-                    await store.copy_import_rows(conn, pending)
-                    pending.clear()
+                    if copying is not None:
+                        await copying
+                    copying = asyncio.ensure_future(store.copy_import_rows(conn, pending))
+                    pending = []
             _take(reader.finish(), tenant.default_region, report, pending, max_errors)
         except ImportFormatError as exc:
             raise Refused(400, "INVALID_FILE", str(exc)) from None
+        finally:
+            if copying is not None:  # the connection is free (and any COPY error raised) before going on
+                await copying
         if report.received == 0:
             raise Refused(400, "EMPTY_IMPORT", "The file holds no rows.")
         await store.copy_import_rows(conn, pending)

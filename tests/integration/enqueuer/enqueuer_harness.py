@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from enqueuer.app import create_app
 from enqueuer.settings import EnqueuerSettings
 from mitto_sim.testing import serving
@@ -126,6 +127,20 @@ class Harness:
         for e in events:
             env = envelope_for(e, occurred_at=now, tenant_id=tenant_id, campaign_id=campaign_id)
             await self.producer.send_and_wait(SMS_OUTCOMES, encode(env), key=campaign_id.encode())
+
+    async def publish_together(self, campaign_id: str, tenant_id: str, *events: Event) -> None:
+        """Outcomes in one record batch, so that the enqueuer consumes them in one poll (one transaction)."""
+        if self.producer is None:
+            self.producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, acks="all")
+            await self.producer.start()
+        now = datetime.now(UTC)
+        batch = self.producer.create_batch()
+        for e in events:
+            env = envelope_for(e, occurred_at=now, tenant_id=tenant_id, campaign_id=campaign_id)
+            assert batch.append(key=campaign_id.encode(), value=encode(env), timestamp=None) is not None
+        partitions = sorted(await self.producer.partitions_for(SMS_OUTCOMES))
+        partition = DefaultPartitioner()(campaign_id.encode(), partitions, partitions)  # as send() picks it
+        await (await self.producer.send_batch(batch, SMS_OUTCOMES, partition=partition))
 
     async def wait_settled(self, run_token: str, settled: int) -> dict[str, Any]:
         async def done() -> dict[str, Any] | None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
+from shared.events import BatchClaimed
 from shared.sms import compose, segments
 from tests.integration.enqueuer.enqueuer_harness import (
     Harness,
@@ -237,3 +240,44 @@ async def test_cancel_stops_a_sending_campaign_and_releases_its_hold(h: Harness)
     for verb in ("enqueue", "pause", "resume", "cancel", "retry-failed"):
         r = await h.command(key, c["id"], verb)
         assert r.status_code == 409, (verb, r.text)
+
+
+async def test_settling_two_outcomes_of_a_run_at_once_never_waits_on_its_campaign(h: Harness) -> None:
+    """A pause holds the campaign's row and then waits for the run; the consumer, updating the run twice in
+    one transaction, must not wait for the campaign (it used to, through the run's foreign key: a deadlock)."""
+    tenant, key = await h.tenant(credits=1000)
+    c = await h.campaign(key, text="Hello", recipients=[{"phone": p} for p in phones(9700, 10)])
+    run = (await h.command(key, c["id"], "enqueue")).json()["runToken"]
+    b = await h.wait_batches(c["id"], run, 2)
+    pausing = await asyncpg.connect(h.dsn, server_settings={"search_path": "enqueuer"})
+    try:
+        async with pausing.transaction():
+            await pausing.execute("SELECT 1 FROM campaigns WHERE id = $1 FOR UPDATE", uuid.UUID(c["id"]))
+            now = datetime.now(UTC)
+            claimed = BatchClaimed(
+                batch_id=b[1].batch_id,
+                run_token=run,
+                recipient_ids=tuple(r.id for r in b[1].recipients),
+                claimed_at=now,
+            )
+            await h.publish_together(c["id"], tenant, sent(b[0]), claimed)  # one poll: one transaction
+
+            async def settled() -> bool:
+                rows = await h.db(
+                    """SELECT r.settled, b.status FROM runs r JOIN run_batches b USING (run_token)
+                       WHERE b.batch_id = $1""",
+                    b[1].batch_id,
+                )
+                return bool(rows) and rows[0]["settled"] == 1 and rows[0]["status"] == "claimed"
+
+            await eventually(settled, timeout=20, what="both outcomes settled while the campaign is locked")
+            await pausing.execute("UPDATE runs SET status = 'paused' WHERE run_token = $1", run)
+            raise _RollBack
+    except _RollBack:
+        pass
+    finally:
+        await pausing.close()
+
+
+class _RollBack(Exception):
+    """Leaves the stand-in pause's transaction without a trace."""
