@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from enqueuer.planning import BatchText, BatchWriter, CopyRowsEncoder, encode_batch, recipient_json
+from enqueuer.batches import BatchText, BatchWriter, CopyRowsEncoder, encode_batch, recipient_json
 from enqueuer.pricing import Pricer, TextShape
 from enqueuer.store.campaigns import Campaign
 from enqueuer.store.runs import PlannedRows

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from enqueuer.batches import BatchText, encode_batch, recipient_json
 from enqueuer.importing import CsvReader, ImportFormatError, JsonReader, parse_row
-from enqueuer.planning import BatchText, encode_batch, recipient_json
 from enqueuer.pricing import Pricer, TextShape
 
 from shared.events import BatchQueued, BatchRecipient, MessageType, decode
