@@ -199,3 +199,46 @@ async def test_an_import_racing_another_writer_of_one_of_its_phones_completes(h:
     rows = await h.db("SELECT phone, opted_out_at FROM contacts WHERE tenant_id = $1", uuid.UUID(tenant))
     assert sorted(r["phone"] for r in rows) == numbers
     assert [r["phone"] for r in rows if r["opted_out_at"] is not None] == [numbers[7]]
+
+
+async def test_every_filter_condition_selects_the_same_contacts_when_copied(h: Harness) -> None:
+    """The copy's query takes its values as settings of its transaction, the preview's as parameters: both
+    read every kind of condition alike, quotes and commas in values included."""
+    _, key = await h.tenant(credits=100_000)
+    vip = (await h.http.post("/api/lists", json={"name": 'VIP, "gold"'}, headers=key)).json()
+    rows = [
+        {
+            "phone": p,
+            "firstName": f"N{i}",
+            "tags": ["new"] + (["o'neil,x"] if i % 2 else []) + (["vip"] if i % 3 else []),
+            "city": ["Athens", 'Pátra, "west"', "Chania"][i % 3],
+            "consent": "granted" if i % 5 else "unknown",
+        }
+        for i, p in enumerate(phones(50_000, 90))
+    ]
+    await import_json(h, key, rows)
+    r = await h.http.post(f"/api/lists/{vip['id']}/members", json={"phones": phones(50_000, 60)}, headers=key)
+    assert r.status_code == 200, r.text
+    audience = {
+        "filter": {
+            "listIds": [vip["id"]],
+            "tagsAny": ["o'neil,x", "vip"],
+            "tagsAll": ["new"],
+            "attributes": {"city": ["Athens", 'Pátra, "west"']},
+            "consent": ["granted", "unknown"],
+            "createdAfter": "2000-01-01T00:00:00+00:00",
+            "createdBefore": "2999-01-01T00:00:00+00:00",
+        }
+    }
+    preview = await h.http.post(
+        "/api/audience/preview",
+        json={"audience": audience, "text": "Hi", "messageType": "service"},
+        headers=key,
+    )
+    assert preview.status_code == 200, preview.text
+    c = await h.campaign(key, text="Hi {{first_name}}", messageType="service", audience=audience)
+    body, batches = await enqueued_batches(h, key, c["id"])
+
+    expected = {row["phone"] for i, row in enumerate(rows) if i < 60 and (i % 2 or i % 3) and i % 3 in (0, 1)}
+    assert {x.phone for b in batches for x in b.recipients} == expected
+    assert body["queued"] == preview.json()["count"] == len(expected) > 0

@@ -41,9 +41,13 @@ class SourceQuery:
     settings: list[tuple[str, Any, str]] = field(default_factory=list)
 
     def bind(self, value: Any, pg_type: str) -> str:
+        """An uncorrelated sub-select, evaluated once per query rather than once per row; an array's is an
+        ARRAY(...) expression, since `= ANY ((SELECT ...))` would read a sub-select's rows, not an array."""
         name = f"enqueuer.audience_{len(self.settings)}"
         self.settings.append((name, value, pg_type))
-        return f"(SELECT current_setting('{name}')::{pg_type})"  # a sub-select: read once, not per row
+        if pg_type.endswith("[]"):
+            return f"ARRAY(SELECT unnest(current_setting('{name}')::{pg_type}))"
+        return f"(SELECT current_setting('{name}')::{pg_type})"
 
 
 def contacts_source(
