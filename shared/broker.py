@@ -19,7 +19,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
 from shared import db
-from shared.config import ServiceSettings
+from shared.config import APPLY_CHUNK_BYTES, ServiceSettings
 from shared.db import Conn
 from shared.events import DecodeError, Envelope, Event, decode
 from shared.topics import dead_letter_topic
@@ -222,6 +222,22 @@ def next_positions(records: Sequence[Any]) -> dict[tuple[str, int], int]:
     return out
 
 
+def byte_slices(records: Sequence[Any], limit: int) -> list[Sequence[Any]]:
+    """Consecutive slices of `records` of at most `limit` raw bytes each (a bigger record alone). Records
+    of one partition stay in log order across slices, so each slice's positions follow the previous one's."""
+    slices: list[Sequence[Any]] = []
+    start, size = 0, 0
+    for i, r in enumerate(records):
+        n = len(r.value or b"")
+        if i > start and size + n > limit:
+            slices.append(records[start:i])
+            start, size = i, 0
+        size += n
+    if start < len(records):
+        slices.append(records[start:])
+    return slices
+
+
 Apply = Callable[[Conn, Sequence[Delivery]], Awaitable[None]]
 
 
@@ -241,6 +257,7 @@ class BatchConsumer:
         self.pool_ref = pool_ref
         self.consumer = consumer
         self.apply = apply
+        self.chunk_bytes = APPLY_CHUNK_BYTES  # subscribe() takes the configured value
 
     def subscribe(self, settings: ServiceSettings, *topics: str, max_records: int | None = None) -> None:
         k = settings.kafka
@@ -254,10 +271,11 @@ class BatchConsumer:
             ack_policy=AckPolicy.NACK_ON_ERROR,
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=k.heartbeat_interval_ms,
-            fetch_max_bytes=FETCH_MAX_BYTES,
-            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
+            fetch_max_bytes=k.fetch_max_bytes,
+            max_partition_fetch_bytes=k.partition_fetch_bytes,
             decoder=raw_body,
         )(self.handle)
+        self.chunk_bytes = k.apply_chunk_bytes
 
     async def handle(self, body: Any, msg: KafkaMessage) -> None:
         try:
@@ -268,6 +286,10 @@ class BatchConsumer:
             raise
 
     async def process(self, records: Sequence[Any]) -> None:
+        for chunk in byte_slices(records, self.chunk_bytes):
+            await self._process_slice(chunk)
+
+    async def _process_slice(self, records: Sequence[Any]) -> None:
         pool = self.pool_ref()
         async with pool.acquire() as conn, conn.transaction():
             positions = await db.load_positions(

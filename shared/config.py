@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+APPLY_CHUNK_BYTES = 4 * 1024 * 1024
+
 
 class KafkaSettings(BaseSettings):
     """Broker settings. Idempotence stays off by default: the local broker rejects it (see docs)."""
@@ -24,6 +26,12 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     max_batch_records: int = 500
+    # A poll is applied in slices of at most this many raw bytes, each in its own transaction: one
+    # BatchQueued carries thousands of recipients, and a whole poll of them decoded at once took >1 GB.
+    apply_chunk_bytes: int = APPLY_CHUNK_BYTES
+    fetch_max_bytes: int = 16 * 1024 * 1024
+    # At least the largest record a producer may write (max_request_size), so any record can be fetched.
+    partition_fetch_bytes: int = 8 * 1024 * 1024
 
 
 class ServiceSettings(BaseSettings):

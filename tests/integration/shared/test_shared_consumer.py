@@ -19,12 +19,13 @@ from shared.broker import (
     Delivery,
     LogPositionMismatch,
     assert_positions_within_log,
+    byte_slices,
     end_offsets,
     ensure_topics,
     make_broker,
 )
 from shared.config import KafkaSettings, ServiceSettings
-from shared.events import DeliveryReported, DeliveryStatus, encode, envelope_for
+from shared.events import DeliveryReported, DeliveryStatus, decode, encode, envelope_for
 from shared.infra.postgres import PostgresServer, resolve_server
 from shared.infra.tansu import TansuBroker
 from tests.support import eventually
@@ -214,6 +215,30 @@ async def test_a_transient_failure_rewinds_and_the_event_is_applied_exactly_once
     assert await applied_ids(database) == ["c0", "c1", "c2", "c3"]
 
 
+async def test_a_big_poll_is_applied_in_slices_each_committed_with_its_positions(
+    broker: TansuBroker, database: str
+) -> None:
+    """A failure in a later slice leaves the earlier slices applied; the retry applies the rest once."""
+    topic = f"t.{secrets.token_hex(3)}"
+    await ensure_topics(broker.bootstrap, [topic], 3)
+    await produce(broker.bootstrap, topic, [report(f"e{i}") for i in range(10)])
+    records = await read_all(broker.bootstrap, topic)
+    h = Harness(broker.bootstrap, database, topic)
+    h.pool = await db.create_pool(database, "svc")
+    try:
+        h.consumer.chunk_bytes = 3 * max(len(r.value) for r in records)
+        slices = byte_slices(records, h.consumer.chunk_bytes)
+        assert len(slices) >= 3
+        h.fail_on[message_id(slices[-1][0])] = OSError
+        with pytest.raises(OSError, match="cannot apply"):
+            await h.consumer.process(records)
+        assert await applied_ids(database) == sorted(message_id(r) for s in slices[:-1] for r in s)
+        await h.consumer.process(records)  # the rewound poll, delivered again
+    finally:
+        await h.pool.close()
+    assert await applied_ids(database) == sorted(f"e{i}" for i in range(10))
+
+
 async def test_a_position_beyond_the_end_of_the_log_stops_the_service(
     broker: TansuBroker, database: str
 ) -> None:
@@ -245,6 +270,12 @@ async def test_positions_never_move_backwards(database: str) -> None:
             assert await db.load_positions(conn, "c", [("t", 0)]) == {("t", 0): 10}
     finally:
         await pool.close()
+
+
+def message_id(record: Any) -> str:
+    event = decode(record.value)[1]
+    assert isinstance(event, DeliveryReported)
+    return event.provider_message_id
 
 
 async def _count(url: str, n: int) -> bool:
