@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import orjson
 
 from shared.links import TOKEN_LENGTH, link_url
-from shared.sms import Segments, compose, placeholder_names, segments
+from shared.sms import Segments, Tail, Template, compose, placeholder_names, segments
 
 PRICE_TOKEN = "A" * TOKEN_LENGTH
 CACHE_LIMIT = 200_000
@@ -35,6 +35,8 @@ class Pricer:
         self.placeholders = frozenset(placeholder_names(shape.template))
         self._offer = link_url(shape.links_base_url, "offer", PRICE_TOKEN) if shape.has_offer else None
         self._unsubscribe = link_url(shape.links_base_url, "unsubscribe", PRICE_TOKEN)
+        self._template = Template(shape.template)
+        self._tail = Tail(self.final_text({})[len(self._template.render({})) :])
         self.fixed: int | None = None if self.placeholders else self.segments({}).parts
         self._cache: dict[str, int] = {}
 
@@ -58,11 +60,11 @@ class Pricer:
         if cached is not None:
             return cached
         values = (decode or _decode)(values_json)
-        parts = self.segments(values).parts
+        count = self._tail.parts_with(self._template.render(values))
         if len(self._cache) >= CACHE_LIMIT:
             self._cache.clear()  # bounded memory; a real audience repeats values far below this
-        self._cache[values_json] = parts
-        return parts
+        self._cache[values_json] = count
+        return count
 
     def parts_for_each(self, values_json: list[str]) -> list[int]:
         """`parts_for_json` of every item, with the cache read inline: a planned batch asks 5,000 times."""

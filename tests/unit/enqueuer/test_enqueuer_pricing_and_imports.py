@@ -9,6 +9,8 @@ import pytest
 from enqueuer.batches import BatchText, encode_batch, recipient_json
 from enqueuer.importing import CsvReader, ImportFormatError, JsonReader, parse_row
 from enqueuer.pricing import Pricer, TextShape
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.events import BatchQueued, BatchRecipient, MessageType, decode
 from shared.links import link_url, make_token
@@ -47,6 +49,31 @@ def test_the_price_is_the_part_count_of_the_text_the_sender_sends(
 ) -> None:
     pricer = Pricer(TextShape(template, marketing=True, has_offer=offer, links_base_url=BASE))
     assert pricer.parts_for_json(orjson.dumps(values).decode()) == real_parts(template, values, offer=offer)
+
+
+@given(
+    st.sampled_from(
+        ["Hi {{first_name}}!", "{{first_name}} {{last_name}}: " + "x" * 120, "Γεια {{first_name}}"]
+    ),
+    st.dictionaries(
+        st.sampled_from(["first_name", "last_name"]),
+        st.text(alphabet="aZ €[ \tά😀", max_size=90),
+    ),
+    st.booleans(),
+    st.booleans(),
+)
+def test_any_values_are_priced_as_the_composed_text(
+    template: str, values: dict[str, str], marketing: bool, offer: bool
+) -> None:
+    """The body is scanned alone and the links' part counted once: the sum must be the whole text's."""
+    pricer = Pricer(TextShape(template, marketing=marketing, has_offer=offer, links_base_url=BASE))
+    if marketing:
+        expected = real_parts(template, values, offer=offer)
+    else:
+        expected = segments(
+            compose(template, values, marketing=False, offer_link=None, unsubscribe_link=None)
+        ).parts
+    assert pricer.parts_for_json(orjson.dumps(values).decode()) == expected
 
 
 def test_placeholders_change_the_price_and_fixed_texts_are_priced_once() -> None:

@@ -3,10 +3,10 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sender.texts import BatchTexts, parts
+from sender.texts import BatchTexts
 
 from shared.links import LinkSettings, link_url, make_token
-from shared.sms import compose, segments
+from shared.sms import compose, parts, segments
 
 LINKS = LinkSettings(base_url="https://go.example.com/", secret="a-test-secret")
 
