@@ -48,6 +48,7 @@ class ServiceSettings(BaseSettings):
     db_pool_min: int = 1
     db_pool_max: int = 8
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    gc_threshold: int = Field(default=50_000, ge=700, description="allocations between two collections")
 
     def producer_options(self) -> dict[str, object]:
         k = self.kafka

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Sequence
 
@@ -74,6 +75,7 @@ class ServiceRuntime:
         if self._pool is not None:
             await assert_positions_within_log(self._pool, s.kafka.bootstrap_servers)
         await self.broker.start()
+        tune_gc(s.gc_threshold)
         if self.relay:
             self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay")
 
@@ -95,3 +97,14 @@ class ServiceRuntime:
             return bool(await self.broker.ping(timeout=2.0))
 
         return {"database": database, "broker": broker} if self.schema else {"broker": broker}
+
+
+def tune_gc(threshold: int) -> None:
+    """Decoding one batch event allocates tens of thousands of short-lived objects, none in reference
+    cycles: with the default threshold (700) the cyclic collector ran thousands of times a second, took a
+    third of the sender's CPU and grew with every live object a consumer held. Collect after `threshold`
+    allocations instead, and leave the objects of start-up (framework, pools, clients) out of every pass."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(threshold, gen1, gen2)

@@ -28,7 +28,6 @@ import httpx
 import orjson
 import pytest
 from sender import domain
-from sender.app import tune_gc
 from sender.intake import decode_batch
 from sender.limits import TrafficLimits
 from sender.locks import BatchLocks
@@ -38,6 +37,7 @@ from sender.settings import SenderSettings
 
 from deploy.local.stack import LocalStack, StackOptions
 from shared.events import BatchQueued, BatchRecipient, MessageType, encode, envelope_for
+from shared.service import tune_gc
 from tests.support import republish
 
 BATCHES = int(os.environ.get("BENCH_SENDER_BATCHES", "40"))

@@ -3,7 +3,6 @@ endpoints for ambiguous batches; health and metrics."""
 
 import asyncio
 import contextlib
-import gc
 import hmac
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -88,17 +87,6 @@ class PrometheusSendMetrics:
 
     def retried(self, reason: str) -> None:
         self.retries.labels(reason).inc()
-
-
-def tune_gc(threshold: int) -> None:
-    """A 5,000-recipient batch allocates tens of thousands of short-lived objects, none in reference
-    cycles: with the default threshold (700) the cyclic collector ran thousands of times a second and
-    took a third of the sender's CPU. Collect after `threshold` allocations instead, and leave the objects
-    of start-up out of every collection."""
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(threshold, gen1, gen2)
 
 
 async def apply_control(conn: Conn, deliveries: Sequence[Delivery]) -> None:
@@ -243,7 +231,6 @@ def create_app(settings: SenderSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await rt.start()
-        tune_gc(settings.gc_threshold)
         background = asyncio.create_task(resolve_in_background(), name="sender-resolver")
         try:
             yield

@@ -36,5 +36,4 @@ class SenderSettings(ServiceSettings):
         default=10.0, gt=0, description="how often ambiguous batches are looked at (lookups, stale resends)"
     )
     lookup_concurrency: int = Field(default=8, ge=1)
-    gc_threshold: int = Field(default=50_000, ge=700, description="allocations between two collections")
     links: LinkSettings = Field(default_factory=LinkSettings)
