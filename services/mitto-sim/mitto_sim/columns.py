@@ -4,6 +4,8 @@ One growing array is reallocated and copied as it grows; the freed copies fragme
 about a third more RSS than the data itself at a million messages. Chunks are allocated once, at full size.
 """
 
+from __future__ import annotations
+
 from array import array
 from collections.abc import Sequence
 from itertools import accumulate
@@ -43,6 +45,13 @@ class Column:
             self._chunks[-1][pos : pos + take] = array(self._typecode, values[done : done + take])
             done += take
             self._len += take
+
+    def chunks(self) -> list[array[int]]:
+        """The values in chunk-sized arrays (the last one cut to the length): scans run in C over them."""
+        if not self._chunks:
+            return []
+        last = self._len - (len(self._chunks) - 1) * CHUNK
+        return [*self._chunks[:-1], self._chunks[-1][:last]]
 
     def extend_constant(self, value: int, count: int) -> None:
         self.extend(array(self._typecode, (value,)) * count)
