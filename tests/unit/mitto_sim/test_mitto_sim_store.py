@@ -63,3 +63,13 @@ def test_blob_keeps_long_strings_and_batches_whole() -> None:
     assert blob.get(small, 3) == b"abc"
     assert blob.get(big, BLOB_CHUNK + 5) == b"x" * (BLOB_CHUNK + 5)
     assert [blob.get(h, n) for h, n in zip(handles, (3, 0, 5), strict=True)] == [b"one", b"", b"three"]
+
+
+def test_sealed_blob_chunks_are_compressed_and_read_back_in_any_order() -> None:
+    blob = Blob()
+    texts = [f"Hi Guest{i}, 20% off!\nhttp://127.0.0.1/l/{i * 7919:028d}".encode() for i in range(60_000)]
+    handles = [blob.add(t) for t in texts]
+    assert len(blob._chunks) >= 3
+    assert all(isinstance(c, bytes) and len(c) < BLOB_CHUNK // 2 for c in blob._chunks[:-1])
+    for i in [59_999, 0, 31_000, 1, 45_000, 2]:  # across sealed and open chunks, back and forth
+        assert blob.get(handles[i], len(texts[i])) == texts[i]
