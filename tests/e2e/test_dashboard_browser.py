@@ -144,7 +144,9 @@ async def test_a_marketer_creates_sends_pauses_resumes_and_retries_a_campaign(
 
     await eventually(retry_run_finished, what="the retry run to finish", timeout=180)
     await wait_for_status(page, "completed")
-    await page.locator("td", has_text="rejected").first.wait_for()  # the recipients table follows the campaign
+    await page.locator(
+        "td", has_text="rejected"
+    ).first.wait_for()  # the recipients table follows the campaign
     await shot(page, "05-retried")
 
     await page.get_by_role("link", name="← All campaigns").click()

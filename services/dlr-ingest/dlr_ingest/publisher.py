@@ -180,17 +180,22 @@ def _failure(future: asyncio.Future[Any]) -> BaseException | None:
 
 
 def make_producer(
-    settings: ServiceSettings, *, linger_ms: int, batch_bytes: int, request_timeout_ms: int
+    settings: ServiceSettings,
+    *,
+    linger_ms: int,
+    batch_bytes: int,
+    request_timeout_ms: int,
+    compression: str,
 ) -> AIOKafkaProducer:
-    """A producer of its own for the webhook (not FastStream's): acks, idempotence and compression as
-    configured for every service; batching left to `BatchPublisher`."""
+    """A producer of its own for the webhook (not FastStream's): acks and idempotence as configured for
+    every service, its own compression; batching left to `BatchPublisher`."""
     k = settings.kafka
     return AIOKafkaProducer(
         bootstrap_servers=k.bootstrap_servers,
         client_id="dlr-ingest-reports",
         acks="all" if k.acks == "all" else int(k.acks),
         enable_idempotence=k.enable_idempotence,
-        compression_type=None if k.compression_type == "none" else k.compression_type,
+        compression_type=None if compression == "none" else compression,
         linger_ms=linger_ms,
         max_batch_size=batch_bytes,
         max_request_size=max(k.max_request_size, batch_bytes),
@@ -205,6 +210,7 @@ def publisher_for(settings: DlrIngestSettings) -> BatchPublisher:
             linger_ms=settings.producer_linger_ms,
             batch_bytes=settings.producer_batch_bytes,
             request_timeout_ms=settings.producer_request_timeout_ms,
+            compression=settings.producer_compression,
         ),
         max_backlog_bytes=settings.publish_backlog_bytes,
         # Past the time a request waits for its acknowledgement, the broker is taken for down.
