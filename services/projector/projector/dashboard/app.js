@@ -327,12 +327,16 @@ async function recipientsSection(id) {
   const section = h("section", { class: "card", "aria-labelledby": "recipients-h" }, h("h2", { id: "recipients-h", text: "Recipients" }),
     filters, h("table", { class: "responsive" }, h("thead", {}, h("tr", {},
       ["Phone", "Status", "Delivery", "Message id", "Sent", "Error"].map((t) => h("th", { scope: "col", text: t })))), body), pager);
-  // Reloaded as the campaign moves on, at most every few seconds, and only on its first page.
+  // Reloaded as the campaign moves on, at most every few seconds, and only on its first page. A change
+  // inside the quiet interval is loaded when it ends: the last change of a run must reach the table.
   let last = 0;
+  let pending = null;
+  const reload = () => { pending = null; last = Date.now(); load(); };
   const refresh = () => {
-    if (cursors.length > 1 || Date.now() - last < 3000) return;
-    last = Date.now();
-    load();
+    if (cursors.length > 1 || pending) return;
+    const wait = 3000 - (Date.now() - last);
+    if (wait <= 0) reload();
+    else pending = setTimeout(reload, wait);
   };
   return { section, refresh };
 }
