@@ -52,7 +52,10 @@ class OutboxRelay:
                 await self._sleep(1.0)
 
     async def _run_connected(self) -> None:
-        conn = await asyncpg.connect(self.dsn, server_settings={"search_path": self.schema})
+        conn = await asyncpg.connect(
+            self.dsn,
+            server_settings={"search_path": self.schema, "application_name": f"{self.schema}-outbox"},
+        )
         try:
             lock = int.from_bytes(
                 hashlib.sha256(f"outbox:{self.schema}".encode()).digest()[:8], "big", signed=True

@@ -35,18 +35,41 @@ OUT = REPO / "artifacts" / "bench"
 BENCH_TOOLS = REPO / "services" / "dlr-ingest" / "bench"
 
 
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent outside idle and I/O wait so far."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
 class RssSampler:
-    """Peak resident memory of each process of the stack, sampled every 200 ms in a thread."""
+    """Peak resident memory of each process of the stack, sampled every 200 ms in a thread, and the CPU
+    seconds each spent while sampled (with the machine's total, so that what PostgreSQL and the rest
+    took shows as the remainder)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.peak: dict[str, int] = dict.fromkeys(self.procs, 0)
+        self.cpu: dict[str, float] = dict.fromkeys(self.procs, 0.0)
+        self.machine_cpu = 0.0
         self.series: list[tuple[float, dict[str, int]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._cpu_start: dict[str, float] = {}
+        self._machine_start = 0.0
+
+    def _cpu_now(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, p in self.procs.items():
+            with contextlib.suppress(psutil.Error):
+                out[name] = sum(sum(q.cpu_times()[:2]) for q in [p, *p.children(recursive=True)])
+        return out
+
+    def count_cpu_from_now(self) -> None:
+        self._cpu_start, self._machine_start = self._cpu_now(), busy_cpu_seconds()
 
     def _run(self) -> None:
         started = time.monotonic()
+        self.count_cpu_from_now()
         while not self._stop.wait(0.2):
             now: dict[str, int] = {}
             for name, p in self.procs.items():
@@ -55,6 +78,9 @@ class RssSampler:
                     now[name] = rss
                     self.peak[name] = max(self.peak[name], rss)
             self.series.append((time.monotonic() - started, now))
+            for name, seconds in self._cpu_now().items():
+                self.cpu[name] = seconds - self._cpu_start.get(name, 0.0)
+            self.machine_cpu = busy_cpu_seconds() - self._machine_start
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -63,6 +89,25 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+async def backend_cpu(dsn: str) -> dict[str, float]:
+    """CPU seconds of the stack database's PostgreSQL backends so far, by application name (every service's
+    pool names itself after its schema). Backends that have ended are not counted."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    out: dict[str, float] = {}
+    for r in rows:
+        with contextlib.suppress(psutil.Error):
+            name = r["application_name"] or "unnamed"
+            out[name] = out.get(name, 0.0) + sum(psutil.Process(r["pid"]).cpu_times()[:2])
+    return out
 
 
 def contacts_csv(count: int, first: int) -> Iterator[bytes]:
@@ -238,6 +283,8 @@ async def test_bench_a_million_recipients_end_to_end() -> None:
                 r.raise_for_status()
                 campaign = r.json()["id"]
 
+                rss.count_cpu_from_now()  # the campaign's, not the import's
+                pg_before = await backend_cpu(stack.database_url)
                 t0 = time.perf_counter()
                 r = await http.post(f"{enq}/api/campaigns/{campaign}/enqueue", headers=headers)
                 r.raise_for_status()
@@ -262,6 +309,7 @@ async def test_bench_a_million_recipients_end_to_end() -> None:
                         )
                     await asyncio.sleep(0.25)
                 final = timeline[-1][1]
+                pg_after = await backend_cpu(stack.database_url)
                 sends = (await http.get(f"{stack.url('mitto-sim')}/sim/sends?campaign={campaign}")).json()
         copy_rate, update_rate = await raw_copy_and_update(stack.database_url, RECIPIENTS)
         produce_rate = await raw_produce(stack.broker.bootstrap)
@@ -289,6 +337,13 @@ async def test_bench_a_million_recipients_end_to_end() -> None:
         "failed": final["failed"],
         "delivered": final["delivered"],
         "peak_rss_mb": {n: round(v / 2**20) for n, v in sorted(rss.peak.items())},
+        "cpu_s": {
+            **{n: round(v, 1) for n, v in sorted(rss.cpu.items())},
+            "rest (PostgreSQL, load, ...)": round(rss.machine_cpu - sum(rss.cpu.values()), 1),
+        },
+        "postgres_backend_cpu_s": {
+            n: round(v - pg_before.get(n, 0.0), 1) for n, v in sorted(pg_after.items())
+        },
         "raw": {
             "copy_rows_per_s": round(copy_rate),
             "batched_update_rows_per_s": round(update_rate),
@@ -321,6 +376,9 @@ async def test_bench_a_million_recipients_end_to_end() -> None:
                 f"{result['ratios']['end_to_end_vs_produce']:.2f}",
                 f"  raw bare HTTP endpoint   {http_rate:>9,.0f} req/s",
                 "  peak RSS (MB): " + ", ".join(f"{n} {v}" for n, v in result["peak_rss_mb"].items()),
+                "  CPU seconds: " + ", ".join(f"{n} {v}" for n, v in result["cpu_s"].items()),
+                "  of which PostgreSQL backends by client: "
+                + ", ".join(f"{n} {v}" for n, v in result["postgres_backend_cpu_s"].items()),
                 f"  results: {OUT / 'e2e.json'}, chart: {OUT / 'e2e.png'}",
             ]
         )

@@ -87,7 +87,9 @@ class BatchLocks:
         """The connection now holding the lock, or None when another session has it."""
         async with self._io:
             if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncpg.connect(self.dsn)
+                self._conn = await asyncpg.connect(
+                    self.dsn, server_settings={"application_name": "sender-locks"}
+                )
             taken = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", key)
             return self._conn if taken else None
 

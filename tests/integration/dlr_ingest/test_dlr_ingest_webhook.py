@@ -151,6 +151,20 @@ async def test_an_array_with_both_spellings_and_every_family_is_published_whole(
     assert 'dlr_reports_received_total{status="unknown"}' in metrics
 
 
+async def test_a_body_large_enough_to_be_compressed_is_in_the_log_whole(
+    http: httpx.AsyncClient, broker: TansuBroker
+) -> None:
+    # At least PRODUCER_COMPRESS_FROM_REPORTS reports: the record batches this body opens are lz4.
+    ids = [
+        new_id() for _ in range(DlrIngestSettings.model_fields["producer_compress_from_reports"].default * 3)
+    ]
+    r = await post(http, [{"messageId": mid, "deliveryStatus": "Delivered"} for mid in ids])
+    assert r.status_code == 202, r.text
+    for mid in ids:
+        (event,) = await reported(broker, mid)
+        assert event.raw_status == "Delivered"
+
+
 async def test_a_duplicate_is_accepted_again_and_simply_published_twice(
     http: httpx.AsyncClient, broker: TansuBroker
 ) -> None:
