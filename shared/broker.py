@@ -21,7 +21,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from shared import db
 from shared.config import APPLY_CHUNK_BYTES, ServiceSettings
 from shared.db import Conn
-from shared.events import DecodeError, Envelope, Event, decode
+from shared.events import DecodeError, EnvelopeHead, Event, decode
 from shared.topics import dead_letter_topic
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class Delivery:
     partition: int
     offset: int
     key: bytes | None
-    envelope: Envelope
+    envelope: EnvelopeHead
     event: Event
     raw: bytes
 

@@ -6,7 +6,7 @@ import hashlib
 from datetime import datetime
 
 from shared import db
-from shared.events import Envelope, Event, envelope_for
+from shared.events import EnvelopeHead, Event, envelope_for
 from shared.topics import CAMPAIGN_EVENTS, TENANT_EVENTS
 
 
@@ -15,7 +15,7 @@ def hash_key(api_key: str) -> str:
 
 
 def campaign_event(
-    event: Event, campaign_id: str, tenant_id: str, at: datetime, caused_by: Envelope | None = None
+    event: Event, campaign_id: str, tenant_id: str, at: datetime, caused_by: EnvelopeHead | None = None
 ) -> db.OutboxMessage:
     return db.OutboxMessage(
         CAMPAIGN_EVENTS,

@@ -21,12 +21,12 @@ from shared.events import (
     BatchResolved,
     BatchSent,
     ContactUnsubscribed,
-    Envelope,
+    EnvelopeHead,
     Event,
 )
 
 
-async def apply(conn: Conn, envelope: Envelope, event: Event) -> None:
+async def apply(conn: Conn, envelope: EnvelopeHead, event: Event) -> None:
     if isinstance(event, BatchClaimed):
         await run_store.mark_batch_claimed(conn, event.batch_id, envelope.occurred_at)
     elif isinstance(event, BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred | BatchResolved):
@@ -37,7 +37,7 @@ async def apply(conn: Conn, envelope: Envelope, event: Event) -> None:
 
 async def apply_outcome(
     conn: Conn,
-    envelope: Envelope,
+    envelope: EnvelopeHead,
     event: BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred | BatchResolved,
 ) -> None:
     """Settle a batch outcome into its run (once; an ambiguous batch may be resolved later, in one or several
@@ -118,7 +118,7 @@ async def expire_reservation(conn: Conn, run: domain.Run, tenant_id: str, at: da
     return released
 
 
-async def apply_unsubscribe(conn: Conn, envelope: Envelope, event: ContactUnsubscribed) -> None:
+async def apply_unsubscribe(conn: Conn, envelope: EnvelopeHead, event: ContactUnsubscribed) -> None:
     """Opt out the contact with the recipient's tenant and phone; excluded from every later enqueue."""
     at = event.unsubscribed_at
     if await contact_store.opt_out_recipient(conn, event.recipient_id, at):

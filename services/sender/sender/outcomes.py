@@ -24,7 +24,7 @@ from shared.events import (
     BatchFailed,
     BatchResolved,
     BatchSent,
-    Envelope,
+    EnvelopeHead,
     Event,
 )
 
@@ -68,7 +68,7 @@ class Cause:
     correlation_id: str | None
 
     @classmethod
-    def of(cls, envelope: Envelope, campaign_id: str) -> Cause:
+    def of(cls, envelope: EnvelopeHead, campaign_id: str) -> Cause:
         return cls(
             envelope.tenant_id,
             campaign_id,
