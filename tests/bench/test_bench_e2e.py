@@ -52,10 +52,13 @@ class RssSampler:
         self.cpu: dict[str, float] = dict.fromkeys(self.procs, 0.0)
         self.machine_cpu = 0.0
         self.series: list[tuple[float, dict[str, int]]] = []
+        self.cpu_series: list[tuple[float, dict[str, float]]] = []  # share of one core per process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._cpu_start: dict[str, float] = {}
         self._machine_start = 0.0
+        self._started = time.monotonic()
+        self.counted_from = 0.0  # seconds after the sampler's start
 
     def _cpu_now(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -66,10 +69,12 @@ class RssSampler:
 
     def count_cpu_from_now(self) -> None:
         self._cpu_start, self._machine_start = self._cpu_now(), busy_cpu_seconds()
+        self.counted_from = time.monotonic() - self._started
 
     def _run(self) -> None:
-        started = time.monotonic()
+        started = self._started
         self.count_cpu_from_now()
+        last: tuple[float, dict[str, float], float] | None = None
         while not self._stop.wait(0.2):
             now: dict[str, int] = {}
             for name, p in self.procs.items():
@@ -77,10 +82,18 @@ class RssSampler:
                     rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
                     now[name] = rss
                     self.peak[name] = max(self.peak[name], rss)
-            self.series.append((time.monotonic() - started, now))
-            for name, seconds in self._cpu_now().items():
+            at = time.monotonic() - started
+            self.series.append((at, now))
+            cpu_now, machine_now = self._cpu_now(), busy_cpu_seconds()
+            if last is not None:
+                span = at - last[0]
+                shares = {n: (v - last[1].get(n, v)) / span for n, v in cpu_now.items()}
+                shares["machine"] = (machine_now - last[2]) / span
+                self.cpu_series.append((at, shares))
+            last = (at, cpu_now, machine_now)
+            for name, seconds in cpu_now.items():
                 self.cpu[name] = seconds - self._cpu_start.get(name, 0.0)
-            self.machine_cpu = busy_cpu_seconds() - self._machine_start
+            self.machine_cpu = machine_now - self._machine_start
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -204,15 +217,14 @@ def bare_http_rate(run_dir: Path) -> float:
         server.wait(10)
 
 
-def chart(
-    timeline: list[tuple[float, dict[str, int]]], rss: list[tuple[float, dict[str, int]]], path: Path
-) -> None:
+def chart(timeline: list[tuple[float, dict[str, int]]], sampler: RssSampler, path: Path) -> None:
+    """Progress, CPU per process and RSS per process on one time axis: seconds since the enqueue."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 8), sharex=False)
+    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(10, 11), sharex=True)
     t = [p[0] for p in timeline]
     for key, label in (
         ("processed", "sent or failed"),
@@ -221,14 +233,24 @@ def chart(
     ):
         top.plot(t, [p[1].get(key, 0) for p in timeline], label=label)
     top.set_title(f"{RECIPIENTS:,}-recipient campaign, end to end")
-    top.set_xlabel("seconds since enqueue")
     top.set_ylabel("recipients")
     top.legend()
-    names = sorted({n for _, r in rss for n in r})
+    zero = sampler.counted_from
+    cpu = [(at - zero, shares) for at, shares in sampler.cpu_series if at >= zero]
+    for n in sorted({n for _, c in cpu for n in c}):
+        # One-second means: a 200 ms sample of a process's CPU is noisy.
+        xs = [at for at, _ in cpu]
+        ys = [c.get(n, 0.0) for _, c in cpu]
+        smooth = [sum(ys[max(0, i - 4) : i + 1]) / len(ys[max(0, i - 4) : i + 1]) for i in range(len(ys))]
+        middle.plot(xs, smooth, label=n, linestyle=":" if n == "machine" else "-")
+    middle.set_ylabel("CPU (cores)")
+    middle.legend(fontsize="small", ncol=4)
+    names = sorted({n for _, r in sampler.series for n in r})
+    rss = [(at - zero, r) for at, r in sampler.series if at >= zero]
     for n in names:
         bottom.plot([p[0] for p in rss], [p[1].get(n, 0) / 2**20 for p in rss], label=n)
     bottom.axhline(400, color="red", linestyle=":", label="400 MB")
-    bottom.set_xlabel("seconds since the stack started")
+    bottom.set_xlabel("seconds since enqueue")
     bottom.set_ylabel("RSS (MB)")
     bottom.legend(fontsize="small", ncol=3)
     fig.tight_layout()
@@ -357,7 +379,7 @@ async def test_bench_a_million_recipients_end_to_end() -> None:
         "end_to_end_vs_produce": round(result["end_to_end_messages_per_s"] / produce_rate, 3),
     }
     (OUT / "e2e.json").write_text(json.dumps(result, indent=2))
-    chart(timeline, rss.series, OUT / "e2e.png")
+    chart(timeline, rss, OUT / "e2e.png")
     print(
         "\n"
         + "\n".join(
