@@ -71,11 +71,12 @@ async def _answer_send(
     if fault is Fault.TIMEOUT:
         await asyncio.sleep(config.timeout_seconds)
     if endpoint == "bulk":
-        return json_response({"bulkId": str(uuid.uuid4()), "messages": results})
-    result = results[0]
+        body = b'{"bulkId":"' + str(uuid.uuid4()).encode() + b'","messages":' + results.json() + b"}"
+        return Response(body, media_type="application/json")
+    result = results.as_dicts()[0]
     if "error" in result:
         return json_response({"error": result["error"]}, 400)
-    return json_response({"messages": results})
+    return json_response({"messages": [result]})
 
 
 async def lookup_message(request: Request) -> Response:

@@ -4,8 +4,8 @@ Pure: random values, times and counters come from the caller, so each decision i
 """
 
 import enum
-import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,6 +16,12 @@ GSM7_BASIC = frozenset(
 )
 GSM7_EXTENSION = frozenset("^{}\\[~]|€")
 GSM7_ALL = GSM7_BASIC | GSM7_EXTENSION
+# Scanned in C rather than character by character. Built from the sets above rather than taken from
+# `shared.sms`, whose extension set also holds the form feed: a text with one would count differently here.
+_NOT_GSM7 = re.compile("[^" + re.escape("".join(sorted(GSM7_ALL))) + "]")
+_GSM7_EXTENDED = re.compile("[" + re.escape("".join(sorted(GSM7_EXTENSION))) + "]")
+_ASCII_BASIC = bytes(sorted(ord(c) for c in GSM7_BASIC if c.isascii()))
+_ASCII_EXTENSION = bytes(sorted(ord(c) for c in GSM7_EXTENSION if c.isascii()))
 
 INVALID_DESTINATION = "invalid destination"
 EMPTY_TEXT = "empty text"
@@ -49,23 +55,39 @@ def is_valid_sender(sender: str) -> bool:
     return 1 <= len(sender) <= 11 and sender.isascii() and sender.isprintable()
 
 
-@lru_cache(maxsize=65536)
 def count_parts(text: str) -> int:
     """SMS parts of `text`: GSM-7 160/153 septets, else UCS-2 70/67 UTF-16 units.
 
-    Cached because campaign texts repeat. Like most counters, it ignores that a real splitter never cuts an
-    escape sequence or a surrogate pair across two parts, which can add one part at a boundary.
+    Like most counters, it ignores that a real splitter never cuts an escape sequence or a surrogate pair
+    across two parts, which can add one part at a boundary.
     """
-    chars = set(text)
-    if chars <= GSM7_ALL:
-        units = (
-            len(text) + sum(1 for c in text if c in GSM7_EXTENSION) if chars & GSM7_EXTENSION else len(text)
-        )
-        single, multi = 160, 153
-    else:
-        units = len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
-        single, multi = 70, 67
-    return 1 if units <= single else math.ceil(units / multi)
+    if text.isascii():
+        # Bytes of ASCII text outside the basic alphabet: none, extension characters only, or others.
+        rest = text.encode().translate(None, _ASCII_BASIC)
+        if not rest:
+            return _gsm7_parts(len(text))
+        if not rest.translate(None, _ASCII_EXTENSION):
+            return _gsm7_parts(len(text) + len(rest))
+        return _ucs2_parts(len(text))
+    if _NOT_GSM7.search(text) is None:
+        return _gsm7_parts(len(text) + len(_GSM7_EXTENDED.findall(text)))
+    return _ucs2_parts(len(text.encode("utf-16-le")) // 2)
+
+
+def count_parts_of_all(texts: Sequence[str]) -> list[int]:
+    """`count_parts` of each text; a whole call of texts in the basic alphabet takes one scan in C."""
+    joined = "".join(texts)
+    if joined.isascii() and not joined.encode().translate(None, _ASCII_BASIC):
+        return [1 if n <= 160 else -(-n // 153) for n in map(len, texts)]
+    return list(map(count_parts, texts))
+
+
+def _gsm7_parts(septets: int) -> int:
+    return 1 if septets <= 160 else -(-septets // 153)
+
+
+def _ucs2_parts(units: int) -> int:
+    return 1 if units <= 70 else -(-units // 67)
 
 
 def judge_item(destination: str, text: str, sender: str, modulus: int) -> tuple[str | None, int, int]:
@@ -172,6 +194,19 @@ def report_payload(message_id: str, code: int, updated_at: str) -> dict[str, str
     return {"messageId": message_id, "deliveryStatus": status, "updatedAt": updated_at, "error": error}
 
 
+REPORT_HEAD = '{"messageId":"'
+
+
+def report_tail(code: int, updated_at: str) -> str:
+    """The JSON text of `report_payload` after its message id, as orjson writes it: a report is then
+    `REPORT_HEAD + message_id + tail` (ids and timestamps hold no character JSON escapes)."""
+    status = STATUS_NAMES[code & STATUS_MASK]
+    error = f'"{FAILURE_ERROR}"' if code & STATUS_MASK == FAILURE else "null"
+    if code & ALT_SPELLING:
+        return f'","status":"{status}","errorcode":{error},"timestamp":"{updated_at}"}}'
+    return f'","deliveryStatus":"{status}","updatedAt":"{updated_at}","error":{error}}}'
+
+
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CROCKFORD_VALUE = {c: i for i, c in enumerate(CROCKFORD)}
 _PAIRS = tuple(a + b for a in CROCKFORD for b in CROCKFORD)  # 10 bits → 2 characters
@@ -207,6 +242,18 @@ class MessageIds:
             + p[(counter >> 10) & 1023]
             + p[counter & 1023]
         )
+
+    def encode_run(self, first: int, count: int) -> list[str]:
+        """`encode` of counters `first .. first + count - 1`: one prefix per 1,024 ids, the rest in C."""
+        ids: list[str] = []
+        p, counter, end = _PAIRS, first, first + count
+        while counter < end:
+            low = counter & 1023
+            take = min(1024 - low, end - counter)
+            head = self.prefix + p[counter >> 30] + p[(counter >> 20) & 1023] + p[(counter >> 10) & 1023]
+            ids += map(head.__add__, p[low : low + take])
+            counter += take
+        return ids
 
     def decode(self, message_id: str) -> int | None:
         """The counter of an id issued by this run, or None for any other string."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from mitto_sim.dlr import DlrDispatcher, iso_ms
 from mitto_sim.domain import STATUS_NAMES, Fault, MessageIds, choose_fault, parse_e164, rejection_modulus
-from mitto_sim.intake import judge_items
+from mitto_sim.intake import Results, judge_items
 from mitto_sim.metrics import SimMetrics
 from mitto_sim.settings import SimConfig, SimSettings, merge_config
 from mitto_sim.store import MessageStore, SendsSummary
@@ -78,7 +78,7 @@ class Simulator:
             self.metrics.faults.labels(fault.value).inc()
         return fault
 
-    def accept(self, items: list[Any], config: SimConfig) -> list[dict[str, str]]:
+    def accept(self, items: list[Any], config: SimConfig) -> Results:
         """Judge, store and schedule reports for one call; results in request order.
 
         Raises MalformedRequest before storing anything. Synchronous on purpose: no other call may take

@@ -10,12 +10,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import compress
+from operator import itemgetter, methodcaller
+from typing import cast
 
 from mitto_sim.columns import Blob, Column
 from mitto_sim.domain import SENT
 
 _NO_REFERENCE = 0xFFFFFFFF
-_TEXT_CACHE_LIMIT = 65536
+_PARTITION = methodcaller("partition", ":")
+_FIRST = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,12 @@ class _Interned:
             self.values.append(value)
         return found
 
+    def ids_of(self, values: Sequence[str]) -> list[int]:
+        """`id_of` each value; a call holds few distinct ones."""
+        for value in set(values):
+            self.id_of(value)
+        return list(map(self.ids.__getitem__, values))
+
 
 class MessageStore:
     """Messages with counters in [base, base + len). A new store starts at the next counter after a reset,
@@ -88,7 +97,6 @@ class MessageStore:
         self._updated = Column("q")
         self._texts = Blob()
         self._refs = Blob()
-        self._text_cache: dict[str, tuple[int, int]] = {}
         self._account_names = _Interned()
         self._sender_names = _Interned()
         self._campaign_names = _Interned()
@@ -105,46 +113,48 @@ class MessageStore:
         first = self.next_counter
         n = len(batch.destinations)
         self._destinations.extend(batch.destinations)
-        self._parts.extend([min(p, 255) for p in batch.parts])
+        parts = batch.parts
+        self._parts.extend(parts if max(parts, default=0) <= 255 else [min(p, 255) for p in parts])
         self._created.extend_constant(now_ms, n)
         self._updated.extend_constant(now_ms, n)
-        self._accounts.extend(list(map(self._account_names.id_of, batch.accounts)))
-        self._senders.extend(list(map(self._sender_names.id_of, batch.senders)))
+        self._accounts.extend(self._account_names.ids_of(batch.accounts))
+        self._senders.extend(self._sender_names.ids_of(batch.senders))
         self._add_texts(batch.texts)
-        self._add_references(batch.references, batch.destinations)
+        self._add_references(batch.references)
         self._status.extend_constant(SENT, n)  # last: its length is the store's length
         return first
 
     def _add_texts(self, texts: Sequence[str]) -> None:
-        cache, blob = self._text_cache, self._texts
-        handles, lengths = [], []
-        for text in texts:
-            slot = cache.get(text)
-            if slot is None:
-                if len(cache) >= _TEXT_CACHE_LIMIT:
-                    cache.clear()  # personalised texts: keep the cache bounded, store them one by one
-                raw = text.encode()
-                slot = cache[text] = (blob.add(raw), len(raw))
-            handles.append(slot[0])
-            lengths.append(slot[1])
-        self._text_handle.extend(handles)
-        self._text_len.extend(lengths)
+        # A text repeated within a call (one text for every recipient) is stored once.
+        distinct = list(dict.fromkeys(texts))
+        raws = list(map(str.encode, distinct))
+        handles = self._texts.add_all(raws)
+        if len(distinct) == len(texts):
+            self._text_handle.extend(handles)
+            self._text_len.extend(list(map(len, raws)))
+            return
+        slots = {text: i for i, text in enumerate(distinct)}
+        index = list(map(slots.__getitem__, texts))
+        self._text_handle.extend(list(map(handles.__getitem__, index)))
+        lengths = list(map(len, raws))
+        self._text_len.extend(list(map(lengths.__getitem__, index)))
 
-    def _add_references(self, references: Sequence[str | None], destinations: Sequence[int]) -> None:
-        raws = [b"" if reference is None else reference.encode() for reference in references]
+    def _add_references(self, references: Sequence[str | None]) -> None:
+        if None in references:
+            raws = [b"" if reference is None else reference.encode() for reference in references]
+            lengths = [
+                _NO_REFERENCE if ref is None else len(raw) for ref, raw in zip(references, raws, strict=True)
+            ]
+            # domain.campaign_of, in one pass
+            campaigns = ["-" if ref is None else ref.partition(":")[0] for ref in references]
+        else:
+            present = cast(Sequence[str], references)
+            raws = list(map(str.encode, present))
+            lengths = list(map(len, raws))
+            campaigns = list(map(_FIRST, map(_PARTITION, present)))
         self._ref_handle.extend(self._refs.add_all(raws))
-        self._ref_len.extend(
-            [_NO_REFERENCE if ref is None else len(raw) for ref, raw in zip(references, raws, strict=True)]
-        )
-        campaigns = []
-        last_campaign, last_id = "", -1
-        for reference in references:
-            # domain.campaign_of, inlined: this loop runs once per stored message
-            campaign = "-" if reference is None else reference.partition(":")[0]
-            if campaign != last_campaign or last_id < 0:
-                last_campaign, last_id = campaign, self._campaign_names.id_of(campaign)
-            campaigns.append(last_id)
-        self._campaigns.extend(campaigns)
+        self._ref_len.extend(lengths)
+        self._campaigns.extend(self._campaign_names.ids_of(campaigns))
 
     def get(self, counter: int) -> StoredMessage | None:
         i = counter - self.base

@@ -73,3 +73,26 @@ def test_sealed_blob_chunks_are_compressed_and_read_back_in_any_order() -> None:
     assert all(isinstance(c, bytes) and len(c) < BLOB_CHUNK // 2 for c in blob._chunks[:-1])
     for i in [59_999, 0, 31_000, 1, 45_000, 2]:  # across sealed and open chunks, back and forth
         assert blob.get(handles[i], len(texts[i])) == texts[i]
+
+
+def test_strings_added_together_fill_chunks_and_read_back() -> None:
+    blob = Blob()
+    blob.add(b"x" * (BLOB_CHUNK - 100))
+    raws = [f"text {i} ".encode() * (i % 7) for i in range(5_000)] + [b"y" * (BLOB_CHUNK + 1), b"z"]
+    handles = blob.add_all(raws)
+    assert len(blob._chunks) >= 3
+    assert [blob.get(h, len(r)) for h, r in zip(handles, raws, strict=True)] == raws
+
+
+def test_a_text_repeated_in_a_call_reads_back_for_every_message() -> None:
+    store = MessageStore()
+    texts = ["Same for all", "Other", "Same for all", "Same for all"]
+    batch = NewMessages(
+        ["a", "b", "a", "a"], [1, 2, 3, 4], texts, ["S"] * 4, ["c:1", None, "c:3", "d"], [1] * 4
+    )
+    store.add(batch, now_ms=0)
+    read = [store.get(i) for i in range(4)]
+    assert [m.text for m in read if m] == texts
+    assert [m.reference for m in read if m] == ["c:1", None, "c:3", "d"]
+    assert [m.traffic_account_id for m in read if m] == ["a", "b", "a", "a"]
+    assert (store.send_count("c", 1), store.send_count("-", 2), store.send_count("d", 4)) == (1, 1, 1)
