@@ -59,7 +59,8 @@ def test_fast_envelopes_decode_to_the_same_event_and_bytes_as_the_models(source:
         model_made = envelope_for(
             expected, occurred_at=AT, tenant_id="t-1", campaign_id="c-1", event_id=envelope.event_id
         )
-        assert envelope == model_made
+        # decode gives the envelope's head (the payload is `event`): compare the heads.
+        assert envelope.model_dump(exclude={"payload"}) == model_made.model_dump(exclude={"payload"})
         assert raw == encode(model_made)
 
 
