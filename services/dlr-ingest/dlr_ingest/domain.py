@@ -19,7 +19,7 @@ from shared.events import (
     CampaignCreated,
     CampaignUpdated,
     DeliveryStatus,
-    Envelope,
+    EnvelopeHead,
     Event,
     TenantRegistered,
 )
@@ -263,11 +263,17 @@ class CampaignRow:
 
 
 @dataclass(frozen=True)
-class RecipientRow:
-    id: int
+class LinkBatchRow:
+    """One batch's recipients as the link pages find them: the phone of `ids[i]` is `phones[i]`, and
+    [min_id, max_id] is what the index searches (ids of one batch need not be in order)."""
+
+    batch_id: str
     campaign_id: str
     tenant_id: str | None
-    phone: str
+    min_id: int
+    max_id: int
+    ids: list[int]
+    phones: list[str]
 
 
 @dataclass(frozen=True)
@@ -289,10 +295,11 @@ class Catalogue:
     tenants: dict[str, TenantRow]
     campaigns: dict[str, CampaignRow]
     batch_offers: dict[str, CampaignRow]  # a campaign's offer URL as a batch carried it: fills a gap only
-    recipients: dict[int, RecipientRow]
+    batches: dict[str, LinkBatchRow]
 
 
-def catalogue(events: Sequence[tuple[Envelope, Event]]) -> Catalogue:
+def catalogue(events: Sequence[tuple[EnvelopeHead, Event]]) -> Catalogue:
+    """A BatchQueued becomes one row for all its recipients."""
     out = Catalogue({}, {}, {}, {})
     for envelope, event in events:
         if isinstance(event, TenantRegistered) and envelope.tenant_id:
@@ -304,8 +311,12 @@ def catalogue(events: Sequence[tuple[Envelope, Event]]) -> Catalogue:
         elif isinstance(event, BatchQueued):
             campaign = envelope.campaign_id or event.batch_id.split(":", 1)[0]
             out.batch_offers[campaign] = CampaignRow(campaign, envelope.tenant_id, None, event.offer_url)
-            for r in event.recipients:
-                out.recipients[r.id] = RecipientRow(r.id, campaign, envelope.tenant_id, r.phone)
+            ids = [r.id for r in event.recipients]
+            phones = [r.phone for r in event.recipients]
+            if ids:
+                out.batches[event.batch_id] = LinkBatchRow(
+                    event.batch_id, campaign, envelope.tenant_id, min(ids), max(ids), ids, phones
+                )
     return out
 
 

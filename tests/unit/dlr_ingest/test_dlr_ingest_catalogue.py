@@ -76,10 +76,9 @@ def test_tenants_campaigns_and_recipients_are_taken_from_their_events() -> None:
     assert c.tenants["t1"].name == "Corner Shop"
     assert c.campaigns["c1"].offer_url == "https://shop.example/a"
     assert c.batch_offers["c1"].offer_url == "https://shop.example/b"
-    assert {r.id: (r.campaign_id, r.tenant_id, r.phone) for r in c.recipients.values()} == {
-        1: ("c1", "t1", "+30694000001"),
-        2: ("c1", "t1", "+30694000002"),
-    }
+    (row,) = c.batches.values()
+    assert (row.batch_id, row.campaign_id, row.tenant_id) == ("c1:run:0", "c1", "t1")
+    assert dict(zip(row.ids, row.phones, strict=True)) == {1: "+30694000001", 2: "+30694000002"}
 
 
 def test_a_later_update_of_the_same_campaign_wins() -> None:
@@ -97,7 +96,7 @@ def test_a_later_update_of_the_same_campaign_wins() -> None:
 
 def test_a_batch_without_a_campaign_in_its_envelope_names_it_by_its_batch_id() -> None:
     c = catalogue([wrapped(batch(7), campaign=None)])
-    assert c.recipients[7].campaign_id == "c1"
+    assert c.batches["c1:run:0"].campaign_id == "c1"
 
 
 @pytest.mark.parametrize(
