@@ -1,27 +1,25 @@
 """dlr-ingest: the public edge for the provider and recipients. Wiring only: the delivery-report webhook
 (webhook.py), the recipients' links (links.py), the operator's status refresh (refresh.py), and the consumer
-that keeps the link catalogue (tenants, campaigns, recipients) from the log.
+that keeps the link catalogue (tenants, campaigns, recipients' batches) from the log (catalogue.py).
 
 The webhook publishes through a producer of its own and never waits on PostgreSQL; readiness therefore
 follows the broker only, so a database outage takes the link pages down (503) but not the webhook.
 """
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
-from dlr_ingest import domain, store
 from dlr_ingest.api import RefreshIn
+from dlr_ingest.catalogue import CatalogueConsumer
 from dlr_ingest.links import LinkPages
 from dlr_ingest.publisher import publisher_for
 from dlr_ingest.refresh import Refresher, RefreshFailed
 from dlr_ingest.settings import DlrIngestSettings
 from dlr_ingest.webhook import Webhook
-from shared.broker import BatchConsumer, Delivery
-from shared.db import Conn
 from shared.logs import configure_logging
 from shared.service import ServiceRuntime
 from shared.topics import CAMPAIGN_EVENTS, SMS_BATCHES, TENANT_EVENTS
@@ -39,10 +37,7 @@ def create_app(settings: DlrIngestSettings) -> FastAPI:
     links = LinkPages(lambda: rt.pool, settings.links.secret, rt.registry)
     refresher = Refresher(settings, publisher.publish, rt.registry)
 
-    async def keep_catalogue(conn: Conn, deliveries: Sequence[Delivery]) -> None:
-        await store.save_catalogue(conn, domain.catalogue([(d.envelope, d.event) for d in deliveries]))
-
-    BatchConsumer(rt.broker, lambda: rt.pool, CONSUMER, keep_catalogue).subscribe(
+    CatalogueConsumer(rt.broker, lambda: rt.pool, CONSUMER).subscribe(
         settings, TENANT_EVENTS, CAMPAIGN_EVENTS, SMS_BATCHES
     )
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from dlr_ingest.intake import BatchLinks
 from shared.events import (
     BatchQueued,
     CampaignCreated,
@@ -299,7 +300,8 @@ class Catalogue:
 
 
 def catalogue(events: Sequence[tuple[EnvelopeHead, Event]]) -> Catalogue:
-    """A BatchQueued becomes one row for all its recipients."""
+    """A BatchQueued arrives as BatchLinks (read for the catalogue only) or, when it had to be upcast, in
+    full; either becomes one row for all its recipients."""
     out = Catalogue({}, {}, {}, {})
     for envelope, event in events:
         if isinstance(event, TenantRegistered) and envelope.tenant_id:
@@ -308,11 +310,15 @@ def catalogue(events: Sequence[tuple[EnvelopeHead, Event]]) -> Catalogue:
             out.campaigns[envelope.campaign_id] = CampaignRow(
                 envelope.campaign_id, envelope.tenant_id, event.name, event.offer_url
             )
-        elif isinstance(event, BatchQueued):
+        elif isinstance(event, BatchLinks | BatchQueued):
             campaign = envelope.campaign_id or event.batch_id.split(":", 1)[0]
             out.batch_offers[campaign] = CampaignRow(campaign, envelope.tenant_id, None, event.offer_url)
-            ids = [r.id for r in event.recipients]
-            phones = [r.phone for r in event.recipients]
+            if isinstance(event, BatchLinks):
+                ids = [r["id"] for r in event.recipients]
+                phones = [r["phone"] for r in event.recipients]
+            else:
+                ids = [r.id for r in event.recipients]
+                phones = [r.phone for r in event.recipients]
             if ids:
                 out.batches[event.batch_id] = LinkBatchRow(
                     event.batch_id, campaign, envelope.tenant_id, min(ids), max(ids), ids, phones
