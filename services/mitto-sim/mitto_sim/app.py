@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,9 +23,9 @@ from mitto_sim.intake import MalformedRequest, parse_bulk, parse_single
 from mitto_sim.settings import SimConfig, SimSettings
 from mitto_sim.simulator import Simulator
 from mitto_sim.web import json_response, simulator_of
+from mitto_sim.webhook import WebhookClient
 
 API = "/api/v1.1/Messages"
-WEBHOOK_TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 
 
 async def send_bulk(request: Request) -> Response:
@@ -103,12 +102,13 @@ def create_app(settings: SimSettings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT) as client:
-            sim.dlr.start(client)
-            try:
-                yield
-            finally:
-                await sim.dlr.stop()
+        client = WebhookClient(connect_timeout_s=2.0, timeout_s=10.0)
+        sim.dlr.start(client)
+        try:
+            yield
+        finally:
+            await sim.dlr.stop()
+            client.close()
 
     routes = [
         Route(f"{API}/sendmessagesbulk", send_bulk, methods=["POST"]),

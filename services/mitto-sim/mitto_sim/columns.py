@@ -49,6 +49,38 @@ class Column:
             done += take
             self._len += take
 
+    def replace(self, start: int, stop: int, old: int, new: int, also: Column, also_value: int) -> int:
+        """Set `new` where indexes `start .. stop - 1` hold `old`, and `also_value` in `also` (a column as
+        long) at those indexes; returns how many. A chunk-long stretch all `old` is written in C."""
+        done = 0
+        while start < stop:
+            index, pos = start >> CHUNK_BITS, start & MASK
+            take = min(CHUNK - pos, stop - start)
+            chunk, other = self._chunks[index], also._chunks[index]
+            matching = chunk[pos : pos + take].count(old)
+            if matching == take:
+                chunk[pos : pos + take] = array(self._typecode, (new,)) * take
+                other[pos : pos + take] = array(also._typecode, (also_value,)) * take
+            elif matching:
+                for i in range(pos, pos + take):
+                    if chunk[i] == old:
+                        chunk[i] = new
+                        other[i] = also_value
+            done += matching
+            start += take
+        return done
+
+    def replace_each(self, indexes: Sequence[int], old: int, new: int, also: Column, also_value: int) -> int:
+        """`replace` at each of `indexes` (all below the length)."""
+        chunks, others, done = self._chunks, also._chunks, 0
+        for index in indexes:
+            chunk, pos = chunks[index >> CHUNK_BITS], index & MASK
+            if chunk[pos] == old:
+                chunk[pos] = new
+                others[index >> CHUNK_BITS][pos] = also_value
+                done += 1
+        return done
+
     def chunks(self) -> list[array[int]]:
         """The values in chunk-sized arrays (the last one cut to the length): scans run in C over them."""
         if not self._chunks:

@@ -12,22 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
-import httpx
-import orjson
-
 from mitto_sim.domain import (
     DELIVERED,
     DUPLICATE,
+    FAILURE,
     SENT,
     STATUS_MASK,
     MessageIds,
     ReportShares,
-    plan_reports,
-    report_payload,
+    plan_many,
+    reports_body,
 )
 from mitto_sim.metrics import SimMetrics
 from mitto_sim.pending import ReportQueue, Span
 from mitto_sim.settings import SimConfig
+from mitto_sim.webhook import WebhookClient
 
 RETRY_BASE_MS = 100
 RETRY_MAX_MS = 5000
@@ -81,15 +80,16 @@ def span_size(spans: list[Span]) -> int:
 class DlrDispatcher:
     """Owns the pending reports. `schedule` is synchronous; sending happens in one background task.
 
-    `finalise(counter, status, now_ms)` is called for each acknowledged final report and returns True the
-    first time a message becomes final; only those count as delivered/failed.
+    `finalise(runs, status, now_ms)` is called with the (first counter, count) runs of each status of
+    acknowledged final reports and returns how many of those messages became final then; only those count
+    as delivered/failed.
     """
 
     def __init__(
         self,
         config: Callable[[], SimConfig],
         ids: MessageIds,
-        finalise: Callable[[int, int, int], bool],
+        finalise: Callable[[list[tuple[int, int]], int, int], int],
         draw: Callable[[], float],
         metrics: SimMetrics,
     ) -> None:
@@ -104,7 +104,7 @@ class DlrDispatcher:
         self._generation = 0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._client: httpx.AsyncClient | None = None
+        self._client: WebhookClient | None = None
         self._task: asyncio.Task[None] | None = None
         self.counters = DlrCounters()
 
@@ -112,7 +112,7 @@ class DlrDispatcher:
     def pending(self) -> int:
         return len(self._queue) + self._in_flight
 
-    def start(self, client: httpx.AsyncClient) -> None:
+    def start(self, client: WebhookClient) -> None:
         self._client = client
         self._task = asyncio.create_task(self._run(), name="mitto-sim-dlr")
 
@@ -144,9 +144,7 @@ class DlrDispatcher:
         if shares.plain:
             queue.push(now + shares.delay_ms, first_counter, DELIVERED, count)
         else:
-            for counter in range(first_counter, first_counter + count):
-                for offset, code in plan_reports(self._draw, shares):
-                    queue.push(now + offset, counter, code)
+            queue.push_planned(now, first_counter, plan_many(self._draw, shares, count))
         new_head = queue.next_due_ms()
         if head is None or (new_head is not None and new_head < head):
             self._wake.set()
@@ -191,13 +189,7 @@ class DlrDispatcher:
         """POST one batch; on failure put it back with a backoff and return why."""
         config = self._config()
         now_ms = time.time_ns() // 1_000_000
-        stamp, encode = iso_ms(now_ms), self._ids.encode
-        reports = [
-            report_payload(encode(c), code, stamp)
-            for counter, code, count in batch
-            for c in range(counter, counter + count)
-        ]
-        body = orjson.dumps(reports[0] if len(reports) == 1 and config.dlr_single_object else reports)
+        body = reports_body(batch, self._ids, iso_ms(now_ms), config.dlr_single_object)
         generation = self._generation
         error = await self._deliver(config, body)
         if generation != self._generation:
@@ -215,31 +207,27 @@ class DlrDispatcher:
             return "no webhook_url configured"
         assert self._client is not None, "dispatcher not started"
         try:
-            response = await self._client.post(
-                config.webhook_url,
-                content=body,
-                headers={"content-type": "application/json", **config.webhook_headers},
-            )
+            status = await self._client.post(config.webhook_url, body, config.webhook_headers)
         except Exception as exc:  # any failure to deliver (connect, timeout, bad URL) means: retry later
             return f"webhook unreachable: {type(exc).__name__}: {exc}"
-        return None if response.is_success else f"webhook answered {response.status_code}"
+        return None if 200 <= status < 300 else f"webhook answered {status}"
 
     def _acknowledged(self, batch: list[Span], now_ms: int) -> None:
         c, finalise = self.counters, self._finalise
         c.callbacks_ok += 1
+        by_status, duplicates = [0, 0, 0], 0
+        runs: tuple[list[tuple[int, int]], ...] = ([], [], [])
         for counter, code, count in batch:
             status = code & STATUS_MASK
+            by_status[status] += count
             if code & DUPLICATE:
-                c.duplicates_sent += count
-            if status == SENT:
-                c.sent += count
-                continue
-            became_final = sum(finalise(m, status, now_ms) for m in range(counter, counter + count))
-            if status == DELIVERED:
-                c.delivered += became_final
-            else:
-                c.failed += became_final
-        self._metrics.reports_acknowledged(batch)
+                duplicates += count
+            runs[status].append((counter, count))
+        c.sent += by_status[SENT]
+        c.delivered += finalise(runs[DELIVERED], DELIVERED, now_ms) if runs[DELIVERED] else 0
+        c.failed += finalise(runs[FAILURE], FAILURE, now_ms) if runs[FAILURE] else 0
+        c.duplicates_sent += duplicates
+        self._metrics.reports_acknowledged(by_status, duplicates)
 
     def _retry_later(self, batch: list[Span]) -> None:
         self.counters.callback_errors += 1

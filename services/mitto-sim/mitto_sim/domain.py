@@ -186,6 +186,24 @@ def plan_reports(draw: Callable[[], float], shares: ReportShares) -> list[tuple[
     return plan
 
 
+def plan_many(draw: Callable[[], float], shares: ReportShares, count: int) -> list[tuple[int, int, int]]:
+    """`plan_reports` of `count` messages in a row, as (milliseconds after acceptance, message index, code),
+    drawing the same numbers in the same order. A plan of one final report each is built in one pass."""
+    if shares.duplicate or shares.sent_first or shares.out_of_order or shares.alt_spelling:
+        return [(at, i, code) for i in range(count) for at, code in plan_reports(draw, shares)]
+    delay, jitter, failure = shares.delay_ms, shares.jitter_ms, shares.failure
+    if jitter and failure:
+        return [
+            (delay + int(draw() * jitter), i, FAILURE if draw() < failure else DELIVERED)
+            for i in range(count)
+        ]
+    if jitter:
+        return [(delay + int(draw() * jitter), i, DELIVERED) for i in range(count)]
+    if failure:
+        return [(delay, i, FAILURE if draw() < failure else DELIVERED) for i in range(count)]
+    return [(delay, i, DELIVERED) for i in range(count)]
+
+
 def report_payload(message_id: str, code: int, updated_at: str) -> dict[str, str | None]:
     status = STATUS_NAMES[code & STATUS_MASK]
     error = FAILURE_ERROR if code & STATUS_MASK == FAILURE else None
@@ -266,3 +284,24 @@ class MessageIds:
                 return None
             counter = counter << 5 | value
         return counter
+
+
+def reports_body(
+    spans: Sequence[tuple[int, int, int]], ids: MessageIds, updated_at: str, single_object: bool
+) -> bytes:
+    """`orjson.dumps` of the `report_payload` of each report of (first counter, code, count) spans, byte
+    for byte, joined from pieces: one join per span. A lone report is a bare object with `single_object`."""
+    tails: dict[int, str] = {}
+    pieces = []
+    for counter, code, count in spans:
+        tail = tails.get(code)
+        if tail is None:
+            tail = tails[code] = report_tail(code, updated_at)
+        if count == 1:
+            pieces.append(REPORT_HEAD + ids.encode(counter) + tail)
+        else:
+            between = tail + "," + REPORT_HEAD
+            pieces.append(REPORT_HEAD + between.join(ids.encode_run(counter, count)) + tail)
+    if single_object and len(spans) == 1 and spans[0][2] == 1:
+        return pieces[0].encode()
+    return ("[" + ",".join(pieces) + "]").encode()

@@ -1,10 +1,10 @@
 """Prometheus metrics of one simulator instance, in a registry the app owns (tests build many apps)."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from mitto_sim.domain import DUPLICATE, STATUS_MASK, STATUS_NAMES
+from mitto_sim.domain import STATUS_NAMES
 
 
 class SimMetrics:
@@ -42,14 +42,8 @@ class SimMetrics:
         self.pending.set_function(pending)
         self.stored.set_function(stored)
 
-    def reports_acknowledged(self, spans: Iterable[tuple[int, int, int]]) -> None:
-        """Count acknowledged reports given as (first counter, code, number of messages) spans."""
-        by_status = [0, 0, 0]
-        duplicates = 0
-        for _, code, count in spans:
-            by_status[code & STATUS_MASK] += count
-            if code & DUPLICATE:
-                duplicates += count
+    def reports_acknowledged(self, by_status: list[int], duplicates: int) -> None:
+        """Count acknowledged reports: `by_status[code & STATUS_MASK]` of each status, duplicates included."""
         for counter, count in zip(self._reports, by_status, strict=True):
             if count:
                 counter.inc(count)

@@ -177,14 +177,17 @@ class MessageStore:
             updated_ms=self._updated[i],
         )
 
-    def finalise(self, counter: int, status: int, now_ms: int) -> bool:
-        """Record an acknowledged final report. False when the message is unknown or already final."""
-        i = counter - self.base
-        if not 0 <= i < len(self._status) or self._status[i] != SENT:
-            return False
-        self._status[i] = status
-        self._updated[i] = now_ms
-        return True
+    def finalise(self, runs: Sequence[tuple[int, int]], status: int, now_ms: int) -> int:
+        """Record acknowledged final reports of the messages of (first counter, count) runs. Returns how many
+        became final: unknown messages and those already final are left as they are."""
+        base, length, singles, done = self.base, len(self._status), [], 0
+        for counter, count in runs:
+            start, stop = max(counter - base, 0), min(counter - base + count, length)
+            if stop - start == 1:
+                singles.append(start)  # jittered reports: one message each, replaced together below
+            elif start < stop:
+                done += self._status.replace(start, stop, SENT, status, also=self._updated, also_value=now_ms)
+        return done + self._status.replace_each(singles, SENT, status, also=self._updated, also_value=now_ms)
 
     def sends_of(self, campaign: str, duplicates_cap: int = 100) -> SendsSummary:
         counts = self._phone_counts(campaign)

@@ -39,8 +39,8 @@ def test_sends_are_counted_per_campaign_and_phone() -> None:
 def test_a_message_becomes_final_once() -> None:
     store = MessageStore()
     store.add(a_batch([1], [None]), now_ms=0)
-    assert store.finalise(0, FAILURE, now_ms=9)
-    assert not store.finalise(0, DELIVERED, now_ms=10)
+    assert store.finalise([(0, 1)], FAILURE, now_ms=9) == 1
+    assert store.finalise([(0, 1)], DELIVERED, now_ms=10) == 0
     message = store.get(0)
     assert message is not None
     assert (message.status, message.updated_ms) == (FAILURE, 9)
@@ -96,3 +96,20 @@ def test_a_text_repeated_in_a_call_reads_back_for_every_message() -> None:
     assert [m.reference for m in read if m] == ["c:1", None, "c:3", "d"]
     assert [m.traffic_account_id for m in read if m] == ["a", "b", "a", "a"]
     assert (store.send_count("c", 1), store.send_count("-", 2), store.send_count("d", 4)) == (1, 1, 1)
+
+
+def test_runs_of_reports_finalise_only_known_messages_still_sent() -> None:
+    store = MessageStore(base=100)
+    n = CHUNK + 50
+    store.add(NewMessages(["a"] * n, list(range(n)), ["t"] * n, ["S"] * n, [None] * n, [1] * n), now_ms=0)
+    assert store.finalise([(110, 1)], FAILURE, now_ms=5) == 1
+    assert store.finalise([(90, CHUNK + 30)], DELIVERED, now_ms=7) == CHUNK + 30 - 10 - 1
+    assert store.finalise([(100 + n - 5, 10), (100 + n, 3), (99, 1)], DELIVERED, now_ms=8) == 5
+    assert store.finalise([(110, 1), (100 + n - 6, 1), (100 + n - 6, 1)], DELIVERED, now_ms=9) == 1
+    statuses = [(m.status, m.updated_ms) for m in map(store.get, range(100, 100 + n)) if m]
+    assert statuses[10] == (FAILURE, 5)
+    assert statuses[:2] == [(DELIVERED, 7), (DELIVERED, 7)]
+    assert statuses[CHUNK + 19] == (DELIVERED, 7)
+    assert statuses[CHUNK + 20] == (SENT, 0)
+    assert statuses[-1] == (DELIVERED, 8)
+    assert statuses[-6] == (DELIVERED, 9)
