@@ -171,12 +171,22 @@ class Undecodable:
     reason: str
 
 
-def decode_records(records: Sequence[Any]) -> tuple[list[Delivery], list[Undecodable]]:
+# Reads one record's value, given its topic; raises DecodeError for what cannot be read.
+RecordDecoder = Callable[[str, bytes], tuple[EnvelopeHead, Event]]
+
+
+def decode_value(topic: str, raw: bytes) -> tuple[EnvelopeHead, Event]:
+    return decode(raw)
+
+
+def decode_records(
+    records: Sequence[Any], read: RecordDecoder = decode_value
+) -> tuple[list[Delivery], list[Undecodable]]:
     good: list[Delivery] = []
     bad: list[Undecodable] = []
     for r in records:
         try:
-            envelope, event = decode(r.value)
+            envelope, event = read(r.topic, r.value)
         except DecodeError as exc:
             bad.append(Undecodable(r.topic, r.partition, r.offset, r.key, r.value or b"", str(exc)))
         else:
@@ -251,12 +261,19 @@ class BatchConsumer:
     """
 
     def __init__(
-        self, broker: KafkaBroker, pool_ref: Callable[[], asyncpg.Pool], consumer: str, apply: Apply
+        self,
+        broker: KafkaBroker,
+        pool_ref: Callable[[], asyncpg.Pool],
+        consumer: str,
+        apply: Apply,
+        *,
+        read: RecordDecoder = decode_value,
     ) -> None:
         self.broker = broker
         self.pool_ref = pool_ref
         self.consumer = consumer
         self.apply = apply
+        self.read = read  # a consumer that keeps only part of an event may read only that part
         self.chunk_bytes = APPLY_CHUNK_BYTES  # subscribe() takes the configured value
 
     def subscribe(self, settings: ServiceSettings, *topics: str, max_records: int | None = None) -> None:
@@ -298,7 +315,7 @@ class BatchConsumer:
             fresh = fresh_only(records, positions)
             if not fresh:
                 return
-            good, bad = decode_records(fresh)
+            good, bad = decode_records(fresh, self.read)
             for u in bad:
                 await dead_letter(
                     self.broker,

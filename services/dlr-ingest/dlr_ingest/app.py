@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
 from dlr_ingest.api import RefreshIn
-from dlr_ingest.catalogue import CatalogueConsumer
+from dlr_ingest.catalogue import catalogue_consumer
 from dlr_ingest.links import LinkPages
 from dlr_ingest.publisher import publisher_for
 from dlr_ingest.refresh import Refresher, RefreshFailed
@@ -37,7 +37,7 @@ def create_app(settings: DlrIngestSettings) -> FastAPI:
     links = LinkPages(lambda: rt.pool, settings.links.secret, rt.registry)
     refresher = Refresher(settings, publisher.publish, rt.registry)
 
-    CatalogueConsumer(rt.broker, lambda: rt.pool, CONSUMER).subscribe(
+    catalogue_consumer(rt.broker, lambda: rt.pool, CONSUMER).subscribe(
         settings, TENANT_EVENTS, CAMPAIGN_EVENTS, SMS_BATCHES
     )
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import orjson
 import pytest
-from dlr_ingest.catalogue import read_records
+from dlr_ingest.catalogue import read_record
 from dlr_ingest.domain import catalogue
 from dlr_ingest.intake import BatchLinks, read_batch
 
+from shared.broker import decode_records
 from shared.events import (
     BatchQueued,
     BatchRecipient,
@@ -114,7 +115,7 @@ def test_records_keep_their_log_order_and_undecodable_ones_are_set_aside() -> No
         SimpleNamespace(topic="sms.batches", partition=0, offset=1, key=b"c1", value=b"{}"),
         SimpleNamespace(topic="tenant.events", partition=1, offset=5, key=b"t1", value=b"{}"),
     ]
-    good, bad = read_records(records)
+    good, bad = decode_records(records, read_record)
     assert [(d.topic, d.offset, type(d.event)) for d in good] == [
         ("sms.batches", 0, BatchLinks),
         ("tenant.events", 4, TenantRegistered),
