@@ -106,7 +106,7 @@ class Blob:
         self._read_index = -1
         self._read_chunk = b""
 
-    def add(self, raw: bytes) -> int:
+    def add(self, raw: bytes | memoryview) -> int:
         size = len(raw)
         if not self._chunks or self._pos + size > BLOB_CHUNK:
             if self._chunks:
@@ -122,21 +122,25 @@ class Blob:
 
     def add_all(self, raws: Sequence[bytes]) -> list[int]:
         """`add` of each string, copied in one piece per chunk they fill."""
+        return self.add_joined(b"".join(raws), list(map(len, raws)))
+
+    def add_joined(self, data: bytes, lengths: Sequence[int]) -> list[int]:
+        """`add_all` of the strings `data` holds one after another, `lengths` long."""
         handles: list[int] = []
-        ends = list(accumulate(map(len, raws)))
+        view = memoryview(data)
+        ends = list(accumulate(lengths))
         start, done = 0, 0  # first string not yet added, and the bytes before it
-        while start < len(raws):
+        while start < len(lengths):
             room = BLOB_CHUNK - self._pos if self._chunks else 0
             stop = bisect_right(ends, done + room, lo=start)
             if stop == start:
                 # The next string does not fit: `add` starts a chunk for it.
-                handles.append(self.add(raws[start]))
+                handles.append(self.add(view[done : ends[start]]))
                 stop = start + 1
             else:
-                first = self.add(
-                    b"".join(raws[start:stop])
-                )  # a handle plus an offset in its chunk is a handle
-                handles += accumulate(map(len, raws[start : stop - 1]), initial=first)
+                # A handle plus an offset inside its chunk is a handle.
+                first = self.add(view[done : ends[stop - 1]])
+                handles += accumulate(lengths[start : stop - 1], initial=first)
             start, done = stop, ends[stop - 1]
         return handles
 

@@ -55,22 +55,18 @@ class ReportQueue:
         """
         self._reports += len(plan)
         found, bucket_of = self._buckets.get, self._bucket
-        run_due, run_first, run_code, run_count = -1, 0, 0, 0
+        bucket: list[int] = []
+        last_due, last_index, last_code = -1, -2, -1
         for at, index, code in plan:
-            due, counter = now_ms + at, first_counter + index
-            if (
-                due == run_due
-                and code == run_code
-                and counter == run_first + run_count
-                and run_count < MAX_RUN
-            ):
-                run_count += 1
+            due = now_ms + at
+            if due != last_due:
+                bucket, last_due = found(due) or bucket_of(due), due
+            elif index == last_index + 1 and code == last_code and bucket[-1] & _COUNT_MASK != _COUNT_MASK:
+                bucket[-1] += 1  # the run just appended grows by one message
+                last_index = index
                 continue
-            if run_count:
-                (found(run_due) or bucket_of(run_due)).append(_pack(run_first, run_code, run_count))
-            run_due, run_first, run_code, run_count = due, counter, code, 1
-        if run_count:
-            (found(run_due) or bucket_of(run_due)).append(_pack(run_first, run_code, run_count))
+            bucket.append((first_counter + index) << _COUNTER_SHIFT | code << _CODE_SHIFT)
+            last_index, last_code = index, code
 
     def take(self, cutoff_ms: float, limit: int) -> list[Span]:
         """Remove and return up to `limit` reports due at or before `cutoff_ms`, earliest first; reports due

@@ -56,6 +56,25 @@ class NewMessages:
     parts: Sequence[int]
 
 
+def _encoded(strings: Sequence[str]) -> tuple[bytes, list[int]]:
+    """The UTF-8 of `strings` one after another, and the length of each: one encode for a whole call."""
+    joined = "".join(strings)
+    data = joined.encode()
+    if len(data) == len(joined):  # ASCII: as many bytes as characters
+        return data, list(map(len, strings))
+    return data, [len(s.encode()) for s in strings]
+
+
+def _common_campaign(references: Sequence[str]) -> str | None:
+    """The campaign of every reference when they all share one (`domain.campaign_of`), else None."""
+    campaign, colon, _ = references[0].partition(":")
+    lines = "\n" + "\n".join(references)
+    # No reference holds a newline, so each "\n" starts one, and each starts with "campaign:".
+    if colon and lines.count("\n") == len(references) and lines.count(f"\n{campaign}:") == len(references):
+        return campaign
+    return None
+
+
 class _Interned:
     """Few distinct strings (accounts, senders, campaigns) stored once, referred to by a small int."""
 
@@ -71,7 +90,9 @@ class _Interned:
         return found
 
     def ids_of(self, values: Sequence[str]) -> list[int]:
-        """`id_of` each value; a call holds few distinct ones."""
+        """`id_of` each value; a call holds few distinct ones, most often one."""
+        if values and values.count(values[0]) == len(values):
+            return [self.id_of(values[0])] * len(values)
         for value in set(values):
             self.id_of(value)
         return list(map(self.ids.__getitem__, values))
@@ -125,36 +146,35 @@ class MessageStore:
         return first
 
     def _add_texts(self, texts: Sequence[str]) -> None:
-        # A text repeated within a call (one text for every recipient) is stored once.
-        distinct = list(dict.fromkeys(texts))
-        raws = list(map(str.encode, distinct))
-        handles = self._texts.add_all(raws)
-        if len(distinct) == len(texts):
-            self._text_handle.extend(handles)
-            self._text_len.extend(list(map(len, raws)))
+        n = len(texts)
+        if n > 1 and texts.count(texts[0]) == n:
+            # One text for every recipient: stored once. Other repeats cost little once a chunk is compressed.
+            raw = texts[0].encode()
+            self._text_handle.extend_constant(self._texts.add(raw), n)
+            self._text_len.extend_constant(len(raw), n)
             return
-        slots = {text: i for i, text in enumerate(distinct)}
-        index = list(map(slots.__getitem__, texts))
-        self._text_handle.extend(list(map(handles.__getitem__, index)))
-        lengths = list(map(len, raws))
-        self._text_len.extend(list(map(lengths.__getitem__, index)))
+        data, lengths = _encoded(texts)
+        self._text_handle.extend(self._texts.add_joined(data, lengths))
+        self._text_len.extend(lengths)
 
     def _add_references(self, references: Sequence[str | None]) -> None:
         if None in references:
-            raws = [b"" if reference is None else reference.encode() for reference in references]
-            lengths = [
-                _NO_REFERENCE if ref is None else len(raw) for ref, raw in zip(references, raws, strict=True)
-            ]
+            data, sizes = _encoded([reference or "" for reference in references])
+            self._ref_handle.extend(self._refs.add_joined(data, sizes))
+            lengths = [_NO_REFERENCE if ref is None else n for ref, n in zip(references, sizes, strict=True)]
             # domain.campaign_of, in one pass
             campaigns = ["-" if ref is None else ref.partition(":")[0] for ref in references]
+            self._campaigns.extend(self._campaign_names.ids_of(campaigns))
         else:
-            present = cast(Sequence[str], references)
-            raws = list(map(str.encode, present))
-            lengths = list(map(len, raws))
-            campaigns = list(map(_FIRST, map(_PARTITION, present)))
-        self._ref_handle.extend(self._refs.add_all(raws))
+            refs = cast(Sequence[str], references)
+            data, lengths = _encoded(refs)
+            self._ref_handle.extend(self._refs.add_joined(data, lengths))
+            campaign = _common_campaign(refs)
+            if campaign is not None:
+                self._campaigns.extend_constant(self._campaign_names.id_of(campaign), len(refs))
+            else:
+                self._campaigns.extend(self._campaign_names.ids_of(list(map(_FIRST, map(_PARTITION, refs)))))
         self._ref_len.extend(lengths)
-        self._campaigns.extend(self._campaign_names.ids_of(campaigns))
 
     def get(self, counter: int) -> StoredMessage | None:
         i = counter - self.base

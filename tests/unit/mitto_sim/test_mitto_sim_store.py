@@ -1,5 +1,6 @@
+import pytest
 from mitto_sim.columns import BLOB_CHUNK, CHUNK, Blob, Column
-from mitto_sim.domain import DELIVERED, FAILURE, SENT
+from mitto_sim.domain import DELIVERED, FAILURE, SENT, campaign_of
 from mitto_sim.store import MessageStore, NewMessages
 
 
@@ -113,3 +114,26 @@ def test_runs_of_reports_finalise_only_known_messages_still_sent() -> None:
     assert statuses[CHUNK + 20] == (SENT, 0)
     assert statuses[-1] == (DELIVERED, 8)
     assert statuses[-6] == (DELIVERED, 9)
+
+
+@pytest.mark.parametrize(
+    "references",
+    [
+        ["c1:a", "c1:b", "c1:c"],
+        ["c1:a", "c1:b", "c10:c"],
+        ["c1", "c1", "c1"],
+        ["c1:a", "c1:b\nc1:x", "c2:c"],
+        ["c1:a\nc1:b", "c1:c"],
+        ["c1:a", None, "c1:c"],
+        ["Καλημέρα:1", "Καλημέρα:2", "c1:ü"],
+    ],
+)
+def test_each_message_counts_for_the_campaign_of_its_reference(references: list[str | None]) -> None:
+    store = MessageStore()
+    n = len(references)
+    store.add(NewMessages(["a"] * n, list(range(n)), ["t"] * n, ["S"] * n, references, [1] * n), now_ms=0)
+    for digits, reference in enumerate(references):
+        assert store.send_count(campaign_of(reference), digits) == 1
+        message = store.get(digits)
+        assert message is not None
+        assert message.reference == reference
