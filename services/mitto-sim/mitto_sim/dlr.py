@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from operator import itemgetter
 
 from mitto_sim.domain import (
     DELIVERED,
@@ -29,6 +30,7 @@ from mitto_sim.settings import SimConfig
 from mitto_sim.webhook import WebhookClient
 
 RETRY_BASE_MS = 100
+_COUNTER, _CODE, _COUNT = itemgetter(0), itemgetter(1), itemgetter(2)  # of a span
 RETRY_MAX_MS = 5000
 
 
@@ -74,22 +76,22 @@ def shares_of(config: SimConfig) -> ReportShares:
 
 
 def span_size(spans: list[Span]) -> int:
-    return sum(count for _, _, count in spans)
+    return sum(map(_COUNT, spans))
 
 
 class DlrDispatcher:
     """Owns the pending reports. `schedule` is synchronous; sending happens in one background task.
 
-    `finalise(runs, status, now_ms)` is called with the (first counter, count) runs of each status of
-    acknowledged final reports and returns how many of those messages became final then; only those count
-    as delivered/failed.
+    `finalise(first counters, counts, status, now_ms)` is called with the runs of acknowledged final reports
+    of each status and returns how many of those messages became final then; only those count as
+    delivered/failed.
     """
 
     def __init__(
         self,
         config: Callable[[], SimConfig],
         ids: MessageIds,
-        finalise: Callable[[list[tuple[int, int]], int, int], int],
+        finalise: Callable[[list[int], list[int], int, int], int],
         draw: Callable[[], float],
         metrics: SimMetrics,
     ) -> None:
@@ -213,19 +215,32 @@ class DlrDispatcher:
         return None if 200 <= status < 300 else f"webhook answered {status}"
 
     def _acknowledged(self, batch: list[Span], now_ms: int) -> None:
-        c, finalise = self.counters, self._finalise
+        c = self.counters
         c.callbacks_ok += 1
         by_status, duplicates = [0, 0, 0], 0
-        runs: tuple[list[tuple[int, int]], ...] = ([], [], [])
-        for counter, code, count in batch:
-            status = code & STATUS_MASK
-            by_status[status] += count
-            if code & DUPLICATE:
-                duplicates += count
-            runs[status].append((counter, count))
+        codes = set(map(_CODE, batch))
+        if len(codes) == 1:  # the usual batch: one code for every report
+            code = codes.pop()
+            by_status[code & STATUS_MASK] = count = sum(map(_COUNT, batch))
+            duplicates = count if code & DUPLICATE else 0
+            spans_of = {code & STATUS_MASK: batch}
+        else:
+            spans_of = {SENT: [], DELIVERED: [], FAILURE: []}
+            for span in batch:
+                _, code, count = span
+                by_status[code & STATUS_MASK] += count
+                duplicates += count if code & DUPLICATE else 0
+                spans_of[code & STATUS_MASK].append(span)
+        for status, spans in spans_of.items():
+            if status != SENT and spans:
+                became_final = self._finalise(
+                    list(map(_COUNTER, spans)), list(map(_COUNT, spans)), status, now_ms
+                )
+                if status == DELIVERED:
+                    c.delivered += became_final
+                else:
+                    c.failed += became_final
         c.sent += by_status[SENT]
-        c.delivered += finalise(runs[DELIVERED], DELIVERED, now_ms) if runs[DELIVERED] else 0
-        c.failed += finalise(runs[FAILURE], FAILURE, now_ms) if runs[FAILURE] else 0
         c.duplicates_sent += duplicates
         self._metrics.reports_acknowledged(by_status, duplicates)
 

@@ -50,9 +50,9 @@ class Simulator:
         self.dlr = DlrDispatcher(lambda: self.config, self.ids, self._finalise, self.rng.random, self.metrics)
         self.metrics.watch(lambda: self.dlr.pending, lambda: len(self.store))
 
-    def _finalise(self, runs: list[tuple[int, int]], status: int, now_ms: int) -> int:
+    def _finalise(self, counters: list[int], counts: list[int], status: int, now_ms: int) -> int:
         # Through self.store on every call: reset replaces the store.
-        return self.store.finalise(runs, status, now_ms)
+        return self.store.finalise(counters, counts, status, now_ms)
 
     def authorised(self, api_key: str | None) -> bool:
         expected = self.settings.api_key

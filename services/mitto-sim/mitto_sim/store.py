@@ -197,17 +197,21 @@ class MessageStore:
             updated_ms=self._updated[i],
         )
 
-    def finalise(self, runs: Sequence[tuple[int, int]], status: int, now_ms: int) -> int:
-        """Record acknowledged final reports of the messages of (first counter, count) runs. Returns how many
-        became final: unknown messages and those already final are left as they are."""
-        base, length, singles, done = self.base, len(self._status), [], 0
-        for counter, count in runs:
-            start, stop = max(counter - base, 0), min(counter - base + count, length)
-            if stop - start == 1:
-                singles.append(start)  # jittered reports: one message each, replaced together below
-            elif start < stop:
-                done += self._status.replace(start, stop, SENT, status, also=self._updated, also_value=now_ms)
-        return done + self._status.replace_each(singles, SENT, status, also=self._updated, also_value=now_ms)
+    def finalise(self, counters: Sequence[int], counts: Sequence[int], status: int, now_ms: int) -> int:
+        """Record acknowledged final reports of messages `counters[i] .. counters[i] + counts[i] - 1`.
+        Returns how many became final: unknown messages and those already final are left as they are."""
+        length, replace = len(self._status), self._status.replace
+        if counts.count(1) == len(counts):  # jittered reports: one message each
+            indexes = list(map((-self.base).__add__, counters))
+            if indexes and (min(indexes) < 0 or max(indexes) >= length):
+                indexes = [i for i in indexes if 0 <= i < length]
+            return self._status.replace_each(indexes, SENT, status, also=self._updated, also_value=now_ms)
+        done = 0
+        for counter, count in zip(counters, counts, strict=True):
+            start, stop = max(counter - self.base, 0), min(counter - self.base + count, length)
+            if start < stop:
+                done += replace(start, stop, SENT, status, also=self._updated, also_value=now_ms)
+        return done
 
     def sends_of(self, campaign: str, duplicates_cap: int = 100) -> SendsSummary:
         counts = self._phone_counts(campaign)

@@ -40,8 +40,8 @@ def test_sends_are_counted_per_campaign_and_phone() -> None:
 def test_a_message_becomes_final_once() -> None:
     store = MessageStore()
     store.add(a_batch([1], [None]), now_ms=0)
-    assert store.finalise([(0, 1)], FAILURE, now_ms=9) == 1
-    assert store.finalise([(0, 1)], DELIVERED, now_ms=10) == 0
+    assert store.finalise([0], [1], FAILURE, now_ms=9) == 1
+    assert store.finalise([0], [1], DELIVERED, now_ms=10) == 0
     message = store.get(0)
     assert message is not None
     assert (message.status, message.updated_ms) == (FAILURE, 9)
@@ -103,10 +103,10 @@ def test_runs_of_reports_finalise_only_known_messages_still_sent() -> None:
     store = MessageStore(base=100)
     n = CHUNK + 50
     store.add(NewMessages(["a"] * n, list(range(n)), ["t"] * n, ["S"] * n, [None] * n, [1] * n), now_ms=0)
-    assert store.finalise([(110, 1)], FAILURE, now_ms=5) == 1
-    assert store.finalise([(90, CHUNK + 30)], DELIVERED, now_ms=7) == CHUNK + 30 - 10 - 1
-    assert store.finalise([(100 + n - 5, 10), (100 + n, 3), (99, 1)], DELIVERED, now_ms=8) == 5
-    assert store.finalise([(110, 1), (100 + n - 6, 1), (100 + n - 6, 1)], DELIVERED, now_ms=9) == 1
+    assert store.finalise([110], [1], FAILURE, now_ms=5) == 1
+    assert store.finalise([90], [CHUNK + 30], DELIVERED, now_ms=7) == CHUNK + 30 - 10 - 1
+    assert store.finalise([100 + n - 5, 100 + n, 99], [10, 3, 1], DELIVERED, now_ms=8) == 5
+    assert store.finalise([110, 100 + n - 6, 100 + n - 6, 99, 100 + n], [1] * 5, DELIVERED, now_ms=9) == 1
     statuses = [(m.status, m.updated_ms) for m in map(store.get, range(100, 100 + n)) if m]
     assert statuses[10] == (FAILURE, 5)
     assert statuses[:2] == [(DELIVERED, 7), (DELIVERED, 7)]
