@@ -193,6 +193,7 @@ def plan_many(draw: Callable[[], float], shares: ReportShares, count: int) -> li
         return [(at, i, code) for i in range(count) for at, code in plan_reports(draw, shares)]
     delay, jitter, failure = shares.delay_ms, shares.jitter_ms, shares.failure
     if jitter and failure:
+        # A tuple is built left to right: the jitter draw, then the failure draw, as in plan_reports.
         return [
             (delay + int(draw() * jitter), i, FAILURE if draw() < failure else DELIVERED)
             for i in range(count)
@@ -217,7 +218,7 @@ REPORT_HEAD = '{"messageId":"'
 
 def report_tail(code: int, updated_at: str) -> str:
     """The JSON text of `report_payload` after its message id, as orjson writes it: a report is then
-    `REPORT_HEAD + message_id + tail` (ids and timestamps hold no character JSON escapes)."""
+    `REPORT_HEAD + message_id + tail` (ids and timestamps hold no character JSON would escape)."""
     status = STATUS_NAMES[code & STATUS_MASK]
     error = f'"{FAILURE_ERROR}"' if code & STATUS_MASK == FAILURE else "null"
     if code & ALT_SPELLING:
