@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 FETCH_MAX_BYTES = 64 * 1024 * 1024
 PARTITION_FETCH_BYTES = 16 * 1024 * 1024
 TRANSIENT_BACKOFF_S = 1.0
+# A slice is decoded in steps of this many raw bytes (a few milliseconds of work each).
+DECODE_STEP_BYTES = 256 * 1024
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -303,10 +305,39 @@ class BatchConsumer:
             raise
 
     async def process(self, records: Sequence[Any]) -> None:
-        for chunk in byte_slices(records, self.chunk_bytes):
-            await self._process_slice(chunk)
+        """Apply the poll slice by slice, in order, each in its own transaction. A slice is read while
+        the one before it is being applied, so the decoding here and the work inside PostgreSQL overlap
+        instead of taking turns."""
+        applying: asyncio.Task[None] | None = None
+        try:
+            for chunk in byte_slices(records, self.chunk_bytes):
+                read = await self._read(chunk)
+                if applying is not None:
+                    await applying
+                applying = asyncio.create_task(self._apply_slice(chunk, *read))
+            if applying is not None:
+                await applying
+        finally:
+            if applying is not None and not applying.done():
+                applying.cancel()
+                await asyncio.gather(applying, return_exceptions=True)
 
-    async def _process_slice(self, records: Sequence[Any]) -> None:
+    async def _read(self, records: Sequence[Any]) -> tuple[list[Delivery], list[Undecodable]]:
+        """Decode in steps of a few hundred kilobytes, letting the slice being applied send its next
+        statement in between. Records already applied are read too (rare: a redelivery) and dropped
+        under the positions' lock."""
+        good: list[Delivery] = []
+        bad: list[Undecodable] = []
+        for step in byte_slices(records, DECODE_STEP_BYTES):
+            g, b = decode_records(step, self.read)
+            good += g
+            bad += b
+            await asyncio.sleep(0)
+        return good, bad
+
+    async def _apply_slice(
+        self, records: Sequence[Any], decoded: list[Delivery], undecodable: list[Undecodable]
+    ) -> None:
         pool = self.pool_ref()
         async with pool.acquire() as conn, conn.transaction():
             positions = await db.load_positions(
@@ -315,7 +346,8 @@ class BatchConsumer:
             fresh = fresh_only(records, positions)
             if not fresh:
                 return
-            good, bad = decode_records(fresh, self.read)
+            good = fresh_only(decoded, positions)
+            bad = fresh_only(undecodable, positions)
             for u in bad:
                 await dead_letter(
                     self.broker,

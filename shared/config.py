@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-APPLY_CHUNK_BYTES = 4 * 1024 * 1024
+APPLY_CHUNK_BYTES = 1024 * 1024
 
 
 class KafkaSettings(BaseSettings):
@@ -28,6 +28,8 @@ class KafkaSettings(BaseSettings):
     max_batch_records: int = 500
     # A poll is applied in slices of at most this many raw bytes, each in its own transaction: one
     # BatchQueued carries thousands of recipients, and a whole poll of them decoded at once took >1 GB.
+    # A slice is decoded while the one before it is applied, so a poll of several slices keeps the
+    # consumer's CPU and PostgreSQL's busy at once.
     apply_chunk_bytes: int = APPLY_CHUNK_BYTES
     fetch_max_bytes: int = 16 * 1024 * 1024
     # At least the largest record a producer may write (max_request_size), so any record can be fetched.

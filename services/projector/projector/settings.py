@@ -11,7 +11,9 @@ from shared.links import LinkSettings
 class ProjectorSettings(ServiceSettings):
     http_port: int = 8004
     poll_records: int = Field(
-        default=5000, description="records per consumed batch: bigger polls, fewer statements per event"
+        default=20_000,
+        description="records per consumed batch: bigger polls, fewer statements per event, and several "
+        "slices to decode while the one before is applied",
     )
     rebuild_workers: int = Field(
         default=3, ge=1, description="processes a rebuild replays in (decoding is most of its CPU)"

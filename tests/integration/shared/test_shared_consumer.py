@@ -239,6 +239,52 @@ async def test_a_big_poll_is_applied_in_slices_each_committed_with_its_positions
     assert await applied_ids(database) == sorted(f"e{i}" for i in range(10))
 
 
+async def test_the_next_slice_is_read_while_one_is_applied_and_slices_commit_in_log_order(
+    broker: TansuBroker, database: str
+) -> None:
+    """Each slice's effect waits until the next slice has been read: taking turns (read, apply, read...)
+    would never get there."""
+    topic = f"t.{secrets.token_hex(3)}"
+    await ensure_topics(broker.bootstrap, [topic], 1)
+    await produce(broker.bootstrap, topic, [report(f"s{i}") for i in range(10)])
+    records = await read_all(broker.bootstrap, topic)
+    h = Harness(broker.bootstrap, database, topic)
+    h.pool = await db.create_pool(database, "svc")
+    h.consumer.chunk_bytes = 3 * max(len(r.value) for r in records)
+    slices = byte_slices(records, h.consumer.chunk_bytes)
+    assert len(slices) >= 3
+    index = {message_id(s[0]): i for i, s in enumerate(slices)}
+    reads = 0
+    read_one = asyncio.Condition()
+    applied: list[str] = []
+    read, apply = h.consumer._read, h.consumer.apply
+
+    async def reading(recs: Sequence[Any]) -> Any:
+        nonlocal reads
+        out = await read(recs)
+        async with read_one:
+            reads += 1
+            read_one.notify_all()
+        return out
+
+    async def applying(conn: db.Conn, deliveries: Sequence[Delivery]) -> None:
+        i = index[deliveries[0].event.provider_message_id]  # type: ignore[attr-defined]
+        if i < len(slices) - 1:
+            async with asyncio.timeout(10), read_one:
+                await read_one.wait_for(lambda: reads >= i + 2)  # slice i + 1 read
+        await apply(conn, deliveries)
+        applied.extend(d.event.provider_message_id for d in deliveries)  # type: ignore[attr-defined]
+
+    h.consumer._read = reading  # type: ignore[method-assign]
+    h.consumer.apply = applying
+    try:
+        await h.consumer.process(records)
+    finally:
+        await h.pool.close()
+    assert applied == [message_id(r) for r in records]
+    assert await applied_ids(database) == sorted(applied)
+
+
 async def test_a_position_beyond_the_end_of_the_log_stops_the_service(
     broker: TansuBroker, database: str
 ) -> None:
