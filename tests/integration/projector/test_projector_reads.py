@@ -160,7 +160,7 @@ async def test_filters_and_cursor_pages_agree_with_the_whole_list(pool: asyncpg.
 async def test_counters_match_the_list_and_unknown_reports_stay_parked(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         c = await conn.fetchrow("SELECT * FROM campaigns WHERE id = $1", CAMPAIGN)
-        parked = await conn.fetchval("SELECT count(*) FROM deliveries WHERE parked")
+        parked = await conn.fetchval("SELECT count(*) FROM parked_reports")
         breakdown = await reads.delivery_breakdown(conn, CAMPAIGN)
     assert c is not None
     assert (c["accepted"], c["rejected"], c["processing"], c["delivered"], c["delivery_failed"]) == (

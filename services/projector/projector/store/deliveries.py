@@ -21,7 +21,7 @@ async def insert_first_reports(
     conn: Conn, rows: Sequence[DeliveryRow]
 ) -> tuple[list[asyncpg.Record], list[str]]:
     """Insert reports of messages with no stored report, in one statement; a report whose message has no
-    send result yet is stored `parked`.
+    send result yet is also listed in `parked_reports`.
 
     Returns the inserted ones that belong to a known recipient, grouped by (campaign, batch, status, raw
     status) with a count, and the message ids that already had a stored report (to be merged with it)."""
@@ -32,11 +32,14 @@ async def insert_first_reports(
                FROM i LEFT JOIN LATERAL (SELECT campaign_id, batch_id FROM recipients r
                                          WHERE r.message_id = i.message_id LIMIT 1) r ON true
            ), ins AS (
-               INSERT INTO deliveries (message_id, status, raw_status, error, provider_time, reported_at, parked)
-               SELECT message_id, status, raw_status, error, provider_time, reported_at, campaign_id IS NULL
+               INSERT INTO deliveries (message_id, status, raw_status, error, provider_time, reported_at)
+               SELECT message_id, status, raw_status, error, provider_time, reported_at
                FROM owned
                ON CONFLICT (message_id) DO NOTHING
                RETURNING message_id
+           ), parked AS (
+               INSERT INTO parked_reports (message_id)
+               SELECT o.message_id FROM owned o JOIN ins USING (message_id) WHERE o.campaign_id IS NULL
            )
            SELECT NULL::text AS conflict, o.campaign_id::text AS campaign_id, o.batch_id, o.status,
                   o.raw_status, count(*)::int AS n

@@ -20,6 +20,7 @@ READ_MODELS = (
     "batches",
     "recipients",
     "deliveries",
+    "parked_reports",
     "delivery_breakdown",
     "engagements",
     "applied_events",

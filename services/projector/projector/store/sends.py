@@ -193,10 +193,13 @@ _SEND_ROWS = """
 
 # Reports parked for the messages just written: counted now, and no longer parked.
 _UNPARK = """
-    unparked AS (
-        UPDATE deliveries d SET parked = false FROM written w
-        WHERE d.parked AND d.message_id = w.message_id AND w.status = 'accepted'
-        RETURNING w.campaign_id, w.batch_id, d.status, d.raw_status
+    released AS (
+        DELETE FROM parked_reports p USING written w
+        WHERE p.message_id = w.message_id AND w.status = 'accepted'
+        RETURNING w.campaign_id, w.batch_id, p.message_id
+    ), unparked AS (
+        SELECT r.campaign_id, r.batch_id, d.status, d.raw_status
+        FROM released r JOIN deliveries d USING (message_id)
     )"""
 
 
