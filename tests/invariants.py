@@ -443,7 +443,7 @@ class Invariants:
                 continue
             led = ledger.get(cid, Counter())
             mine = (p["total"], p["accepted"], p["rejected"], p["ambiguous"], p["processing"])
-            theirs = (sum(st.values()), st["sent"], st["failed"], st["ambiguous"], 0)
+            theirs = (sum(st.values()), st["sent"], st["failed"] + st["abandoned"], st["ambiguous"], 0)
             if mine != theirs:
                 problems.append(f"{cid[:8]}: projector {mine} != enqueuer {theirs} (total/acc/rej/amb/proc)")
             if led["accepted"] != p["accepted"] or led["ambiguous"] != p["ambiguous"]:

@@ -162,6 +162,15 @@ def resolution_outcome(event: BatchResolved, still_ambiguous: set[int]) -> Batch
     )
 
 
+def failed_state(event: BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred | BatchResolved) -> str:
+    """The state of the recipients an outcome failed: `abandoned` when an operator failed them out of an
+    ambiguous batch (they may have been delivered and are never sent again, so a retry leaves them out),
+    else `failed` (provably not sent: a retry may send them)."""
+    if isinstance(event, BatchResolved) and event.resolution == "operator_fail":
+        return "abandoned"
+    return "failed"
+
+
 def batch_status_after(batch: PlannedBatch, outcome: BatchOutcome) -> tuple[str, int]:
     """(status, ambiguous recipients) the batch keeps after `outcome`."""
     if outcome.status != "resolved":

@@ -244,7 +244,12 @@ async def plan_run(
         else:
             total = await run_store.count_recipients(conn, campaign.id, source_state)
         if total == 0:
-            what = "failed recipients to retry" if source_state == "failed" else "eligible recipients"
+            what = (
+                "failed recipients to retry (recipients an operator failed out of an ambiguous batch are"
+                " never sent again)"
+                if source_state == "failed"
+                else "eligible recipients"
+            )
             raise Refused(400, "NO_RECIPIENTS", f"The campaign has no {what}.")
         credits = await tenant_store.load_credits(conn, tenant.id)
         if pricer.fixed is not None and pricer.fixed * total > credits.available:

@@ -83,7 +83,7 @@ async def apply_outcome(
         at,
     )
     await run_store.set_recipient_state(conn, run.campaign_id, outcome.accepted_ids, "sent")
-    await run_store.set_recipient_state(conn, run.campaign_id, outcome.failed_ids, "failed")
+    await run_store.set_recipient_state(conn, run.campaign_id, outcome.failed_ids, domain.failed_state(event))
     await run_store.set_recipient_state(conn, run.campaign_id, outcome.ambiguous_ids, "ambiguous")
     await _move_credits(conn, tenant_id, run, settlement, at)
     await run_store.save_run(conn, settlement.run, at, settlement.finished)

@@ -20,9 +20,11 @@ from mitto_sim.testing import serving
 
 from shared.config import KafkaSettings
 from shared.events import (
+    BatchAmbiguous,
     BatchDeferred,
     BatchFailed,
     BatchQueued,
+    BatchResolved,
     BatchSent,
     Event,
     RecipientResult,
@@ -174,6 +176,31 @@ def failed(batch: BatchQueued) -> BatchFailed:
         error="refused",
         retry_count=0,
         failed_at=datetime.now(UTC),
+    )
+
+
+def ambiguous(batch: BatchQueued) -> BatchAmbiguous:
+    return BatchAmbiguous(
+        batch_id=batch.batch_id,
+        run_token=batch.run_token,
+        recipient_ids=tuple(r.id for r in batch.recipients),
+        reason="read timeout",
+        retry_count=0,
+        at=datetime.now(UTC),
+    )
+
+
+def operator_failed(batch: BatchQueued) -> BatchResolved:
+    """An operator failed every recipient of the ambiguous batch (they may have been delivered)."""
+    return BatchResolved(
+        batch_id=batch.batch_id,
+        run_token=batch.run_token,
+        resolution="operator_fail",
+        results=tuple(
+            RecipientResult(id=r.id, phone=r.phone, error="failed by an operator") for r in batch.recipients
+        ),
+        remaining=0,
+        resolved_at=datetime.now(UTC),
     )
 
 

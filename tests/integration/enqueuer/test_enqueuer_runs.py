@@ -14,8 +14,10 @@ from shared.events import BatchClaimed
 from shared.sms import compose, segments
 from tests.integration.enqueuer.enqueuer_harness import (
     Harness,
+    ambiguous,
     deferred,
     failed,
+    operator_failed,
     phones,
     running_enqueuer,
     sent,
@@ -224,6 +226,42 @@ async def test_retry_failed_runs_over_failed_recipients_only(h: Harness) -> None
     assert r.json()["queued"] == 2
     [retry] = await h.wait_batches(c["id"], r.json()["runToken"], 1)
     assert {x.phone for x in retry.recipients} == rejected
+
+
+async def test_recipients_an_operator_failed_are_abandoned_and_never_retried(h: Harness) -> None:
+    tenant, key = await h.tenant(credits=1000)
+    c = await h.campaign(key, text="Hello", recipients=[{"phone": p} for p in phones(9500, 8)])
+    run1 = (await h.command(key, c["id"], "enqueue")).json()["runToken"]
+    b = await h.wait_batches(c["id"], run1, 2)
+    await h.publish(c["id"], tenant, sent(b[0], reject={b[0].recipients[0].phone}), ambiguous(b[1]))
+    await h.wait_settled(run1, 2)
+    await h.publish(c["id"], tenant, operator_failed(b[1]))
+
+    async def completed() -> bool:
+        return (await h.get(key, c["id"]))["status"] == "completed"
+
+    await eventually(completed, what="the run settled by the operator's decision")
+    states = await h.db(
+        "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY 1", uuid.UUID(c["id"])
+    )
+    assert {r["state"]: r["n"] for r in states} == {"sent": 4, "failed": 1, "abandoned": 3}
+
+    # Only the provably unsent recipient is retried: the abandoned ones may have been delivered.
+    r = await h.command(key, c["id"], "retry-failed")
+    assert r.status_code == 200, r.text
+    assert r.json()["queued"] == 1
+    [retry] = await h.wait_batches(c["id"], r.json()["runToken"], 1)
+    assert [x.phone for x in retry.recipients] == [b[0].recipients[0].phone]
+    await h.publish(c["id"], tenant, sent(retry))
+    await eventually(completed, what="the retry run completed")
+    again = await h.command(key, c["id"], "retry-failed")
+    assert again.status_code == 400
+    assert again.json()["code"] == "NO_RECIPIENTS"
+    assert "never sent again" in again.json()["message"]
+    states = await h.db(
+        "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY 1", uuid.UUID(c["id"])
+    )
+    assert {r["state"]: r["n"] for r in states} == {"sent": 5, "abandoned": 3}
 
 
 async def test_cancel_stops_a_sending_campaign_and_releases_its_hold(h: Harness) -> None:

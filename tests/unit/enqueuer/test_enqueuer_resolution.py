@@ -9,6 +9,7 @@ from enqueuer.domain import (
     PlannedBatch,
     Run,
     batch_status_after,
+    failed_state,
     resolution_outcome,
     settle_batch,
 )
@@ -104,3 +105,10 @@ def test_a_resolution_for_a_batch_that_is_not_ambiguous_changes_nothing() -> Non
         )
         is None
     )
+
+
+def test_recipients_an_operator_failed_are_abandoned_the_others_failed() -> None:
+    assert failed_state(resolved([(1, None), (2, None)], remaining=0)) == "abandoned"
+    looked_up = resolved([(1, "m1"), (2, None)], remaining=0)
+    assert looked_up.resolution == "status_lookup"
+    assert failed_state(looked_up) == "failed"
