@@ -21,7 +21,7 @@ MIGRATIONS = ("shared", "projector")
 
 def create_app(settings: ProjectorSettings) -> FastAPI:
     rt = ServiceRuntime(settings, name="projector", schema=SCHEMA, migrations=MIGRATIONS, outbox=False)
-    BatchConsumer(rt.broker, lambda: rt.pool, CONSUMER, projection.apply).subscribe(
+    BatchConsumer(rt.broker, lambda: rt.pool, CONSUMER, projection.apply, topic_order=TOPICS).subscribe(
         settings, *TOPICS, max_records=settings.poll_records
     )
 

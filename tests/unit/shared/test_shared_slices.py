@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.broker import byte_slices, next_positions
+from shared.broker import byte_slices, in_topic_order, next_positions
 
 
 @dataclass(frozen=True)
@@ -46,3 +46,19 @@ def test_slices_keep_every_record_once_in_order_and_within_the_limit(sizes: list
         for key, pos in next_positions(s).items():
             assert pos > seen.get(key, 0)
             seen[key] = pos
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["facts", "sends", "reports", "other"]), st.integers(0, 2)), max_size=60
+    )
+)
+def test_ranked_topics_come_first_and_every_partition_keeps_its_order(picks: list[tuple[str, int]]) -> None:
+    records = [Rec(topic, partition, i, b"x") for i, (topic, partition) in enumerate(picks)]
+    ordered = in_topic_order(records, {"facts": 0, "sends": 1, "reports": 2})
+    assert sorted(ordered, key=lambda r: r.offset) == records
+    ranks = [{"facts": 0, "sends": 1, "reports": 2}.get(r.topic, 3) for r in ordered]
+    assert ranks == sorted(ranks)
+    for key in {(r.topic, r.partition) for r in records}:
+        offsets = [r.offset for r in ordered if (r.topic, r.partition) == key]
+        assert offsets == sorted(offsets)
