@@ -260,6 +260,8 @@ async def cancel(
         run_token = c.run_token if c.status in ("sending", "paused") else None
         if run_token:
             await run_store.set_run_status(conn, run_token, "cancelled", at)
+            # A batch already in the sender's hands may still settle them (sent or failed) afterwards.
+            await run_store.fail_unsent_retries(conn, c.id)
         await store.set_status(conn, c.id, "cancelled", at, finished=True)
         await db.add_outbox(
             conn,

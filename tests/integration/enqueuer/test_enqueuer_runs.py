@@ -280,6 +280,52 @@ async def test_cancel_stops_a_sending_campaign_and_releases_its_hold(h: Harness)
         assert r.status_code == 409, (verb, r.text)
 
 
+async def test_cancelling_a_retry_fails_again_whom_it_did_not_send(h: Harness) -> None:
+    """The soak's mismatch: a retry run deferred by a pause and then cancelled left its recipients queued
+    in the enqueuer while the read model, rightly, still showed their last send as rejected."""
+    tenant, key = await h.tenant(credits=1000)
+    c = await h.campaign(key, text="Hello", recipients=[{"phone": p} for p in phones(9800, 9)])
+    run1 = (await h.command(key, c["id"], "enqueue")).json()["runToken"]
+    b = await h.wait_batches(c["id"], run1, 2)
+    rejected = [b[0].recipients[0], b[0].recipients[2], b[1].recipients[1]]
+    await h.publish(
+        c["id"], tenant, sent(b[0], reject={r.phone for r in rejected}), sent(b[1], reject={rejected[2].phone})
+    )
+    assert (await h.wait_settled(run1, 2))["status"] == "completed"
+
+    retry = (await h.command(key, c["id"], "retry-failed")).json()["runToken"]
+    [batch] = await h.wait_batches(c["id"], retry, 1)
+    assert (await h.command(key, c["id"], "pause")).status_code == 200
+    await h.publish(c["id"], tenant, deferred(batch, "paused"))
+    await h.wait_settled(retry, 1)
+    assert (await h.command(key, c["id"], "cancel")).json()["status"] == "cancelled"
+
+    states = await h.db(
+        "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY 1", uuid.UUID(c["id"])
+    )
+    assert {r["state"]: r["n"] for r in states} == {"sent": 6, "failed": 3}
+
+
+async def test_a_retry_batch_sent_after_the_cancel_still_settles_its_recipients(h: Harness) -> None:
+    tenant, key = await h.tenant(credits=1000)
+    c = await h.campaign(key, text="Hello", recipients=[{"phone": p} for p in phones(9900, 4)])
+    run1 = (await h.command(key, c["id"], "enqueue")).json()["runToken"]
+    [first] = await h.wait_batches(c["id"], run1, 1)
+    await h.publish(c["id"], tenant, sent(first, reject={r.phone for r in first.recipients[:2]}))
+    assert (await h.wait_settled(run1, 1))["status"] == "completed"
+
+    retry = (await h.command(key, c["id"], "retry-failed")).json()["runToken"]
+    [batch] = await h.wait_batches(c["id"], retry, 1)
+    assert (await h.command(key, c["id"], "cancel")).json()["status"] == "cancelled"
+    # The sender had claimed it before the cancel: one of the two gets through this time.
+    await h.publish(c["id"], tenant, sent(batch, reject={batch.recipients[0].phone}))
+    await h.wait_settled(retry, 1)
+    states = await h.db(
+        "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY 1", uuid.UUID(c["id"])
+    )
+    assert {r["state"]: r["n"] for r in states} == {"sent": 3, "failed": 1}
+
+
 async def test_settling_two_outcomes_of_a_run_at_once_never_waits_on_its_campaign(h: Harness) -> None:
     """A pause holds the campaign's row and then waits for the run; the consumer, updating the run twice in
     one transaction, must not wait for the campaign (it used to, through the run's foreign key: a deadlock)."""
