@@ -289,7 +289,10 @@ async def test_cancelling_a_retry_fails_again_whom_it_did_not_send(h: Harness) -
     b = await h.wait_batches(c["id"], run1, 2)
     rejected = [b[0].recipients[0], b[0].recipients[2], b[1].recipients[1]]
     await h.publish(
-        c["id"], tenant, sent(b[0], reject={r.phone for r in rejected}), sent(b[1], reject={rejected[2].phone})
+        c["id"],
+        tenant,
+        sent(b[0], reject={r.phone for r in rejected}),
+        sent(b[1], reject={rejected[2].phone}),
     )
     assert (await h.wait_settled(run1, 2))["status"] == "completed"
 
