@@ -10,6 +10,10 @@ A request waits for the broker's acknowledgement (acks=all, as configured on the
 holds one of its records; only then may it answer 2xx. aiokafka keeps one batch in flight per partition, so
 while a batch is out the next one fills up: batching follows the load, with no fixed linger on top. Order per
 partition is kept: batches of a partition are handed over one after another, in the order they were filled.
+
+A producer has one produce request in flight per broker, so under many small requests the webhook's rate is
+bound by the broker's round trip, not by CPU. `connections` producers split the partitions between them
+(partition p always goes through producer p mod n, which keeps its order) and keep n requests in flight.
 """
 
 from __future__ import annotations
@@ -34,17 +38,30 @@ class PublishRefused(Exception):
     was handed over, so the caller answers 503 at once instead of waiting for a timeout."""
 
 
+class _Waiter:
+    """One request's wait: its own future (a caller that gives up cancels nothing shared), resolved once
+    each batch holding one of its records is acknowledged."""
+
+    __slots__ = ("future", "left")
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+        self.left = 0  # batches still to be acknowledged
+
+
 @dataclass(eq=False)
 class _Batch:
     builder: Any  # aiokafka BatchBuilder
-    done: asyncio.Future[None]
+    waiters: list[_Waiter] = field(default_factory=list)
     size: int = 0
+    settled: bool = False
 
 
 @dataclass(eq=False)
 class _Lane:
     topic: str
     partition: int
+    producer: AIOKafkaProducer
     filling: deque[_Batch] = field(default_factory=deque)
     pump: asyncio.Task[None] | None = None
 
@@ -64,33 +81,37 @@ class BatchPublisher:
         stall_after_s: float,
         compress_from_records: int = 1,
         batch_bytes: int = 0,
+        connections: int = 1,
     ) -> None:
         self._factory = producer_factory
+        self.connections = connections
         self.max_backlog_bytes = max_backlog_bytes
         self.compress_from_records = compress_from_records
         self.batch_bytes = batch_bytes  # of an uncompressed batch; 0: every batch as the producer makes it
         self.stall_after_s = stall_after_s
-        self._producer: AIOKafkaProducer | None = None
+        self._producers: list[AIOKafkaProducer] = []
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._backlog = 0
         self._unacked: dict[_Batch, float] = {}
 
     async def start(self) -> None:
-        """Build (aiokafka wants a running loop for that) and connect the producer."""
-        self._producer = self._factory()
-        await self._producer.start()
+        """Build (aiokafka wants a running loop for that) and connect the producers."""
+        for _ in range(self.connections):
+            producer = self._factory()
+            self._producers.append(producer)
+            await producer.start()
 
     async def stop(self) -> None:
         """Flush what is queued, then disconnect."""
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        producers, self._producers, self._lanes = self._producers, [], {}
+        for producer in producers:
+            await producer.stop()
 
     @property
     def producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
+        if not self._producers:
             raise RuntimeError("the publisher is not started")
-        return self._producer
+        return self._producers[0]
 
     @property
     def backlog_bytes(self) -> int:
@@ -101,11 +122,14 @@ class BatchPublisher:
             return False
         return time.monotonic() - min(self._unacked.values()) > self.stall_after_s
 
-    async def publish(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+    async def publish(
+        self, topic: str, records: Sequence[tuple[bytes, bytes]], *, timeout_s: float | None = None
+    ) -> None:
         """Publish (key, value) records to `topic`, partitioned like Kafka's default partitioner.
 
-        Returns when every record is acknowledged; raises otherwise (the records may still reach the log
-        later: a caller that reports failure must expect duplicates of them, never losses)."""
+        Returns when every record is acknowledged; raises otherwise (TimeoutError past `timeout_s`; the
+        records may still reach the log later: a caller that reports failure must expect duplicates of them,
+        never losses)."""
         if not records:
             return
         if self._backlog > self.max_backlog_bytes:
@@ -115,7 +139,8 @@ class BatchPublisher:
         partitions = len(await self.producer.partitions_for(topic))
         compressed = len(records) >= self.compress_from_records
         lanes = self._lanes
-        waits: set[asyncio.Future[None]] = set()
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future())
         touched: set[_Lane] = set()
         size = 0
         # One tight loop per request: this runs for every report the webhook takes.
@@ -133,30 +158,33 @@ class BatchPublisher:
             added = len(key) + len(value)
             batch.size += added
             size += added
-            waits.add(batch.done)
+            if not batch.waiters or batch.waiters[-1] is not waiter:
+                batch.waiters.append(waiter)
+                waiter.left += 1
             touched.add(lane)
         self._backlog += size
         for lane in touched:
             if lane.pump is None:
                 lane.pump = asyncio.create_task(self._pump(lane))
-        # Not gather: a batch is shared by concurrent requests, and a caller that gives up (timeout) must
-        # not cancel the others' wait. `wait` leaves the futures alone when its caller is cancelled.
-        await asyncio.wait(waits)
-        for done in waits:
-            if (exc := done.exception()) is not None:
-                raise exc
+        expiry = None if timeout_s is None else loop.call_later(timeout_s, _expire, waiter.future, timeout_s)
+        try:
+            await waiter.future
+        finally:
+            if expiry is not None:
+                expiry.cancel()
 
     def _lane(self, topic: str, partition: int) -> _Lane:
-        lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
+        producer = self._producers[partition % len(self._producers)]
+        lane = self._lanes[(topic, partition)] = _Lane(topic, partition, producer)
         return lane
 
     def _open_batch(self, lane: _Lane, compressed: bool) -> _Batch:
         if compressed or not self.batch_bytes:
-            builder = self.producer.create_batch()
+            builder = lane.producer.create_batch()
         else:
             # Record format v2, the one every broker with record headers speaks (the project needs them).
             builder = BatchBuilder(2, self.batch_bytes, 0, is_transactional=False)
-        batch = _Batch(builder, asyncio.get_running_loop().create_future())
+        batch = _Batch(builder)
         lane.filling.append(batch)
         return batch
 
@@ -168,7 +196,7 @@ class BatchPublisher:
                 batch = lane.filling.popleft()
                 self._unacked[batch] = time.monotonic()
                 try:
-                    acked = await self.producer.send_batch(
+                    acked = await lane.producer.send_batch(
                         batch.builder, lane.topic, partition=lane.partition
                     )
                 except Exception as exc:
@@ -179,16 +207,26 @@ class BatchPublisher:
             lane.pump = None
 
     def _settle(self, batch: _Batch, exc: BaseException | None) -> None:
+        if batch.settled:
+            return
+        batch.settled = True
         self._unacked.pop(batch, None)
         self._backlog -= batch.size
-        if batch.done.done():
-            return
-        if exc is None:
-            batch.done.set_result(None)
-        else:
-            batch.done.set_exception(exc)
-            # Read it here too: a request that already gave up must not leave an unretrieved exception.
-            batch.done.exception()
+        for waiter in batch.waiters:
+            future = waiter.future
+            if future.done():  # given up, timed out, or failed by another of its batches
+                continue
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                waiter.left -= 1
+                if not waiter.left:
+                    future.set_result(None)
+
+
+def _expire(future: asyncio.Future[None], timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError(f"the broker did not acknowledge within {timeout_s}s"))
 
 
 def _failure(future: asyncio.Future[Any]) -> BaseException | None:
@@ -231,6 +269,7 @@ def publisher_for(settings: DlrIngestSettings) -> BatchPublisher:
         max_backlog_bytes=settings.publish_backlog_bytes,
         compress_from_records=settings.producer_compress_from_reports,
         batch_bytes=settings.producer_batch_bytes,
+        connections=settings.producer_connections,
         # Past the time a request waits for its acknowledgement, the broker is taken for down.
         stall_after_s=settings.publish_timeout_s,
     )

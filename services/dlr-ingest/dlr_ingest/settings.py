@@ -48,6 +48,11 @@ class DlrIngestSettings(ServiceSettings):
     publish_backlog_bytes: int = 64 * 1024 * 1024
     producer_linger_ms: int = 0  # batches fill while the previous one is in flight; no extra wait
     producer_batch_bytes: int = 1024 * 1024
+    producer_connections: int = Field(
+        default=1,
+        ge=1,
+        description="producers per worker, each with one produce request in flight (more for a distant broker)",
+    )
     producer_request_timeout_ms: int = 30_000
     # A record batch is compressed only when the request opening it has this many reports: under
     # single-report traffic a batch holds a few records of concurrent requests, where lz4 cost ~30 us of

@@ -59,6 +59,7 @@ class Webhook:
             ["status"],
             registry=registry,
         )
+        self._received_by: dict[str, Counter] = {}  # label children, looked up once per status
         self.requests = Counter("dlr_requests_accepted_total", "Requests answered 202", registry=registry)
         self.rejected = Counter(
             "dlr_requests_rejected_total", "Requests refused, by reason", ["reason"], registry=registry
@@ -104,8 +105,7 @@ class Webhook:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            async with asyncio.timeout(s.publish_timeout_s):
-                await self.publisher.publish(DELIVERY_REPORTS, records)
+            await self.publisher.publish(DELIVERY_REPORTS, records, timeout_s=s.publish_timeout_s)
         except asyncio.CancelledError:
             if signature is not None:
                 self.replays.release(signature)
@@ -123,8 +123,11 @@ class Webhook:
             ) from None
         self.publish_seconds.observe(loop.time() - started)
         self.requests.inc()
-        for status, n in Tally(map(_STATUS, reports)).items():
-            self.received.labels(status).inc(n)
+        tally = ((reports[0].status, 1),) if len(reports) == 1 else Tally(map(_STATUS, reports)).items()
+        received = self._received_by
+        for status, n in tally:
+            child = received.get(status) or received.setdefault(status, self.received.labels(status))
+            child.inc(n)
         return Response(b'{"accepted":%d}' % len(reports), status_code=202, headers=_ACCEPTED_HEADERS)
 
     def _verify_signature(self, request: Request, body: bytes) -> str:

@@ -106,3 +106,15 @@ def test_murmur2_of_many_keys_at_once_equals_one_by_one() -> None:
     assert murmur2_many(keys) == [aiokafka_murmur2(k) for k in keys]
     assert partitions_for(keys, 6) == [partition_for(k, 6) for k in keys]
     assert murmur2_many([]) == []
+
+
+def test_a_forked_child_draws_other_event_ids_than_its_parent() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out without running the parent's cleanup
+        os.write(write, event_ids(1)[0].encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    assert child != event_ids(1)[0]
