@@ -138,8 +138,8 @@ async def caught_up(stack: LocalStack, consumers: dict[tuple[str, str], list[str
         await conn.close()
 
 
-async def records_of(bootstrap: str, topic: str, key: bytes) -> list[tuple[bytes | None, bytes]]:
-    """Every record of `topic` with `key`, read from the start with no consumer group."""
+async def log_of(bootstrap: str, topic: str) -> dict[int, list[tuple[bytes | None, bytes]]]:
+    """Every (key, value) of `topic` by partition, in log order, read from the start with no consumer group."""
     ends = await end_offsets(bootstrap, [topic])
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -148,7 +148,7 @@ async def records_of(bootstrap: str, topic: str, key: bytes) -> list[tuple[bytes
         fetch_max_bytes=64 * 1024 * 1024,
     )
     await consumer.start()
-    out: list[tuple[bytes | None, bytes]] = []
+    out: dict[int, list[tuple[bytes | None, bytes]]] = {}
     try:
         tps = [TopicPartition(t, p) for (t, p), end in ends.items() if end > 0]
         consumer.assign(tps)
@@ -157,12 +157,17 @@ async def records_of(bootstrap: str, topic: str, key: bytes) -> list[tuple[bytes
         while remaining:
             batch = await consumer.getmany(timeout_ms=1000)
             for tp, recs in batch.items():
-                out += [(r.key, r.value) for r in recs if r.key == key]
+                out.setdefault(tp.partition, []).extend((r.key, r.value or b"") for r in recs)
                 if recs and recs[-1].offset + 1 >= ends[(tp.topic, tp.partition)]:
                     remaining.discard(tp)
     finally:
         await consumer.stop()
     return out
+
+
+async def records_of(bootstrap: str, topic: str, key: bytes) -> list[tuple[bytes | None, bytes]]:
+    """Every record of `topic` with `key` (all in one partition, so in log order)."""
+    return [rec for recs in (await log_of(bootstrap, topic)).values() for rec in recs if rec[0] == key]
 
 
 async def republish(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:

@@ -10,14 +10,13 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from dlr_ingest.encoding import partition_for
 from dlr_ingest.publisher import BatchPublisher, make_producer
 
 from shared.broker import ensure_topics
 from shared.config import KafkaSettings, ServiceSettings
 from shared.infra.tansu import TansuBroker
-from tests.support import end_offsets
+from tests.support import log_of
 
 PARTITIONS = 6
 
@@ -55,27 +54,6 @@ async def new_topic(broker: TansuBroker) -> str:
     return topic
 
 
-async def log_of(broker: TansuBroker, topic: str) -> dict[int, list[tuple[bytes, bytes]]]:
-    """Every (key, value) of `topic`, by partition, in log order."""
-    ends = await end_offsets(broker.bootstrap, [topic])
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    out: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
-    try:
-        tps = [TopicPartition(t, p) for (t, p), end in ends.items() if end > 0]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = set(tps)
-        while remaining:
-            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
-                out[tp.partition] += [(r.key or b"", r.value or b"") for r in records]
-                if records and records[-1].offset + 1 >= ends[(tp.topic, tp.partition)]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return out
-
-
 async def test_concurrent_requests_land_once_each_in_their_keys_partition(
     broker: TansuBroker, publisher: BatchPublisher
 ) -> None:
@@ -87,7 +65,7 @@ async def test_concurrent_requests_land_once_each_in_their_keys_partition(
     ]
     await asyncio.gather(*(publisher.publish(topic, records) for records in requests))
 
-    log = await log_of(broker, topic)
+    log = await log_of(broker.bootstrap, topic)
     landed = [(partition, key, value) for partition, records in log.items() for key, value in records]
     assert sorted((k, v) for _, k, v in landed) == sorted(rec for records in requests for rec in records)
     assert all(partition == partition_for(key, PARTITIONS) for partition, key, _ in landed)
@@ -107,7 +85,7 @@ async def test_what_one_caller_publishes_in_turn_stays_in_that_order_per_key(
     await asyncio.gather(*(in_turn(key) for key in keys))
 
     by_key: dict[bytes, list[int]] = defaultdict(list)
-    for records in (await log_of(broker, topic)).values():
+    for records in (await log_of(broker.bootstrap, topic)).values():
         for key, value in records:
             by_key[key].append(int(value))
     assert by_key == {key: list(range(15)) for key in keys}

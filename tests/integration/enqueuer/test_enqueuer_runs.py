@@ -43,6 +43,14 @@ def parts_of(text: str, first_name: str) -> int:
     ).parts
 
 
+async def recipient_states(h: Harness, campaign_id: str) -> dict[str, int]:
+    rows = await h.db(
+        "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY 1",
+        uuid.UUID(campaign_id),
+    )
+    return {r["state"]: r["n"] for r in rows}
+
+
 async def test_enqueue_answers_the_seed_contract_and_queues_fixed_batches(h: Harness) -> None:
     _, key = await h.tenant()
     recipients = [{"phone": p, "firstName": "Ada"} for p in phones(1000, 12)]
@@ -241,10 +249,7 @@ async def test_recipients_an_operator_failed_are_abandoned_and_never_retried(h: 
         return (await h.get(key, c["id"]))["status"] == "completed"
 
     await eventually(completed, what="the run settled by the operator's decision")
-    states = await h.db(
-        "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY 1", uuid.UUID(c["id"])
-    )
-    assert {r["state"]: r["n"] for r in states} == {"sent": 4, "failed": 1, "abandoned": 3}
+    assert await recipient_states(h, c["id"]) == {"sent": 4, "failed": 1, "abandoned": 3}
 
     # Only the provably unsent recipient is retried: the abandoned ones may have been delivered.
     r = await h.command(key, c["id"], "retry-failed")
@@ -258,10 +263,7 @@ async def test_recipients_an_operator_failed_are_abandoned_and_never_retried(h: 
     assert again.status_code == 400
     assert again.json()["code"] == "NO_RECIPIENTS"
     assert "never sent again" in again.json()["message"]
-    states = await h.db(
-        "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY 1", uuid.UUID(c["id"])
-    )
-    assert {r["state"]: r["n"] for r in states} == {"sent": 5, "abandoned": 3}
+    assert await recipient_states(h, c["id"]) == {"sent": 5, "abandoned": 3}
 
 
 async def test_cancel_stops_a_sending_campaign_and_releases_its_hold(h: Harness) -> None:
@@ -303,10 +305,7 @@ async def test_cancelling_a_retry_fails_again_whom_it_did_not_send(h: Harness) -
     await h.wait_settled(retry, 1)
     assert (await h.command(key, c["id"], "cancel")).json()["status"] == "cancelled"
 
-    states = await h.db(
-        "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY 1", uuid.UUID(c["id"])
-    )
-    assert {r["state"]: r["n"] for r in states} == {"sent": 6, "failed": 3}
+    assert await recipient_states(h, c["id"]) == {"sent": 6, "failed": 3}
 
 
 async def test_a_retry_batch_sent_after_the_cancel_still_settles_its_recipients(h: Harness) -> None:
@@ -323,10 +322,7 @@ async def test_a_retry_batch_sent_after_the_cancel_still_settles_its_recipients(
     # The sender had claimed it before the cancel: one of the two gets through this time.
     await h.publish(c["id"], tenant, sent(batch, reject={batch.recipients[0].phone}))
     await h.wait_settled(retry, 1)
-    states = await h.db(
-        "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY 1", uuid.UUID(c["id"])
-    )
-    assert {r["state"]: r["n"] for r in states} == {"sent": 3, "failed": 1}
+    assert await recipient_states(h, c["id"]) == {"sent": 3, "failed": 1}
 
 
 async def test_settling_two_outcomes_of_a_run_at_once_never_waits_on_its_campaign(h: Harness) -> None:
