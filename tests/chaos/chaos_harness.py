@@ -205,7 +205,10 @@ async def resolve_ambiguous(
 ) -> None:
     """Settle every ambiguous batch as an operator would: look a sample of its recipients up at the
     simulator (the provider stores a bulk call whole or not at all; numbers divisible by `reject_every`
-    it refuses, so they tell nothing); resend when none reached it, fail otherwise. A resend refused
+    it may refuse, so they tell little); resend when none reached it, fail otherwise. A batch of such numbers
+    only (a retry of refused ones) is probed whole: the rule may have changed since, letting some through,
+    and an operator with no evidence that nothing arrived must not resend (the soak once did: three phones
+    sent twice). A resend refused
     because the campaign is paused or cancelled becomes a fail (a paused run cannot resume while it has
     ambiguous batches). Repeated until none is left (a resend can itself become ambiguous)."""
     sender, sim = chaos.stack.url("sender"), chaos.stack.url("mitto-sim")
@@ -219,7 +222,8 @@ async def resolve_ambiguous(
             if r.status_code in (404, 409):
                 continue  # resolved meanwhile (a late provider answer)
             assert r.status_code == 200, r.text
-            members = [m for m in r.json()["members"] if int(m["phone"][1:]) % reject_every]
+            everyone = r.json()["members"]
+            members = [m for m in everyone if int(m["phone"][1:]) % reject_every] or everyone
             counts = []
             for m in chaos.rng.sample(members, min(PROBES, len(members))):
                 got = await chaos.http.get(f"{sim}/sim/sends/{b['campaignId']}/{m['phone']}")
