@@ -168,26 +168,21 @@ def sent(batch: BatchQueued, *, reject: set[str] = frozenset(), parts: int = 1) 
     )
 
 
+def _whole(batch: BatchQueued) -> dict[str, Any]:
+    """The fields an outcome for every recipient of the batch shares."""
+    return {
+        "batch_id": batch.batch_id,
+        "run_token": batch.run_token,
+        "recipient_ids": tuple(r.id for r in batch.recipients),
+    }
+
+
 def failed(batch: BatchQueued) -> BatchFailed:
-    return BatchFailed(
-        batch_id=batch.batch_id,
-        run_token=batch.run_token,
-        recipient_ids=tuple(r.id for r in batch.recipients),
-        error="refused",
-        retry_count=0,
-        failed_at=datetime.now(UTC),
-    )
+    return BatchFailed(**_whole(batch), error="refused", retry_count=0, failed_at=datetime.now(UTC))
 
 
 def ambiguous(batch: BatchQueued) -> BatchAmbiguous:
-    return BatchAmbiguous(
-        batch_id=batch.batch_id,
-        run_token=batch.run_token,
-        recipient_ids=tuple(r.id for r in batch.recipients),
-        reason="read timeout",
-        retry_count=0,
-        at=datetime.now(UTC),
-    )
+    return BatchAmbiguous(**_whole(batch), reason="read timeout", retry_count=0, at=datetime.now(UTC))
 
 
 def operator_failed(batch: BatchQueued) -> BatchResolved:
@@ -205,13 +200,7 @@ def operator_failed(batch: BatchQueued) -> BatchResolved:
 
 
 def deferred(batch: BatchQueued, reason: str = "paused") -> BatchDeferred:
-    return BatchDeferred(
-        batch_id=batch.batch_id,
-        run_token=batch.run_token,
-        recipient_ids=tuple(r.id for r in batch.recipients),
-        reason=reason,  # type: ignore[arg-type]
-        at=datetime.now(UTC),
-    )
+    return BatchDeferred(**_whole(batch), reason=reason, at=datetime.now(UTC))
 
 
 def phones(start: int, count: int) -> list[str]:

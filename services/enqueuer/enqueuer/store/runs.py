@@ -146,17 +146,16 @@ async def requeue_failed(conn: Conn, campaign_id: str) -> int:
     return int(status.split()[-1])
 
 
-async def fail_unsent_retries(conn: Conn, campaign_id: str) -> int:
+async def fail_unsent_retries(conn: Conn, campaign_id: str) -> None:
     """On cancel: recipients a retry requeued and nobody sent again are failed again, as their last send
     was. A retry starts only once every recipient has settled, so once a campaign had one, whatever is still
     queued was requeued by it (a run's never-attempted recipients stay queued: they never failed)."""
-    status = await conn.execute(
+    await conn.execute(
         """UPDATE recipients SET state = 'failed'
            WHERE campaign_id = $1 AND state = 'queued'
              AND EXISTS (SELECT 1 FROM runs WHERE campaign_id = $1 AND kind = 'retry_failed')""",
         campaign_id,
     )
-    return int(status.split()[-1])
 
 
 async def set_recipient_state(conn: Conn, campaign_id: str, ids: Sequence[int], state: str) -> None:
