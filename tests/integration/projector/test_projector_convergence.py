@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from projector import projection
 from projector.app import MIGRATIONS
@@ -109,6 +109,52 @@ def test_every_interleaving_converges_to_the_reference_read_model(
     in_order, shuffled, counts = asyncio.run(run())
     assert shuffled == in_order
     assert counts == reference(log)
+
+
+# A stored counter past the total, a negative one, or more final reports than accepted messages.
+OVERSHOOT = """SELECT id::text, status, total, accepted, rejected, processing, ambiguous, delivered, delivery_failed
+               FROM campaigns
+               WHERE accepted + rejected + processing + ambiguous > total
+                  OR least(accepted, rejected, processing, ambiguous, delivered, delivery_failed) < 0
+                  OR delivered + delivery_failed > accepted"""
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    campaigns=st.lists(shapes, min_size=1, max_size=2),
+    max_poll=st.integers(1, 25),
+)
+# One record per poll: every claim is seen apart from its outcome, and a retry is always exercised.
+@example(seed=1, campaigns=[CampaignShape(recipients=12, batch_size=3, reject_share=0.5, retry_failed=True)],
+         max_poll=1)  # fmt: skip
+def test_between_polls_the_read_model_lags_but_never_overshoots(
+    database: str, seed: int, campaigns: list[CampaignShape], max_poll: int
+) -> None:
+    """After every poll, in any interleaving, each campaign counts at most its total: a batch claimed or
+    sent before its run's enqueue was read waits for it, and a retry's claim does not count recipients
+    that are still counted under their failed first attempt."""
+    log = build_log(seed, campaigns, 0.0)
+    polls = interleave(log, random.Random(seed + 1), max_poll=max_poll)
+
+    async def run() -> list[dict[str, Any]]:
+        pool = await db.create_pool(database, "conv_b", max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute(f"TRUNCATE {', '.join(schemas.READ_MODELS)}, consumer_position")
+            consumer = BatchConsumer(None, lambda: pool, projection.CONSUMER, projection.apply)  # type: ignore[arg-type]
+            for n, poll in enumerate(polls):
+                await consumer.process(poll)
+                async with pool.acquire() as conn:
+                    if bad := await conn.fetch(OVERSHOOT):
+                        return [{"poll": n, **dict(r)} for r in bad]
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT count(*) FROM parked_outcomes") == 0
+            return []
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == []
 
 
 def test_the_reference_sees_what_the_generator_made(database: str) -> None:

@@ -2,7 +2,8 @@
 by transitions. Any interleaving of the topics converges to the same rows (see domain.py for the rules).
 
 Within a poll the kinds are applied in a fixed order (facts, batches, outcomes, reports, engagement);
-events of one kind keep their log order. Kinds from different topics commute, so the order is free."""
+events of one kind keep their log order. Kinds from different topics commute, so the order is free, with
+one exception: a run's outcomes wait (parked) until its CampaignEnqueued has been applied."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from collections.abc import Sequence
 from projector.projection.deliveries import apply_reports
 from projector.projection.facts import ONCE, apply_engagement, apply_facts
 from projector.projection.poll import Poll, campaign_of
-from projector.projection.sends import OUTCOMES, apply_outcomes, apply_queued
+from projector.projection.sends import OUTCOMES, apply_outcomes, apply_queued, release_outcomes
 from projector.store import writes
 from shared.broker import Delivery
 from shared.db import Conn
-from shared.events import BatchQueued, DeliveryReported, Event
+from shared.events import BatchQueued, CampaignEnqueued, DeliveryReported, Event
 from shared.topics import (
     CAMPAIGN_EVENTS,
     DELIVERY_REPORTS,
@@ -54,7 +55,9 @@ async def apply(conn: Conn, deliveries: Sequence[Delivery], *, consumer: str = C
             poll.tenants[campaign_of(d)] = d.envelope.tenant_id
     engagement = await apply_facts(conn, kinds["fact"])
     await apply_queued(conn, kinds["queued"])
-    await apply_outcomes(conn, kinds["outcome"], poll)
+    enqueued = [d.event.run_token for d in kinds["fact"] if isinstance(d.event, CampaignEnqueued)]
+    outcomes, runs = await release_outcomes(conn, kinds["outcome"], enqueued)
+    await apply_outcomes(conn, outcomes, runs, poll)
     await apply_reports(conn, kinds["report"], poll)
     await apply_engagement(conn, engagement, poll)
     await _save(conn, poll)

@@ -105,6 +105,8 @@ async def _apply_fact(conn: Conn, d: Delivery) -> None:
     elif isinstance(e, CreditsReserved | CreditsDebited | CreditsReleased):
         await store_facts.add_campaign_credits(conn, cid, tid, CREDITS[type(e)], e.credits)
     else:
+        if isinstance(e, CampaignEnqueued):
+            await store_facts.record_run(conn, e.run_token, cid, e.run_kind.value)
         change = _status_change(e, at)
         if change is not None:
             await store_facts.set_campaign_status(conn, cid, tid, change)

@@ -20,6 +20,7 @@ from shared.events import (
     BatchQueued,
     BatchResolved,
     BatchSent,
+    decode,
 )
 
 Outcome = BatchClaimed | BatchSent | BatchFailed | BatchAmbiguous | BatchDeferred | BatchResolved
@@ -54,14 +55,45 @@ async def apply_queued(conn: Conn, queued: list[Delivery]) -> None:
         await store_sends.fill_phones(conn, late)
 
 
-async def apply_outcomes(conn: Conn, outcomes: list[Delivery], poll: Poll) -> None:
+async def release_outcomes(
+    conn: Conn, outcomes: list[Delivery], enqueued: list[str]
+) -> tuple[list[Delivery], dict[str, str]]:
+    """The outcomes whose run's CampaignEnqueued has been applied, in log order, with the kinds of their
+    runs: first those parked for the runs `enqueued` in this poll, then this poll's. The others are parked:
+    a claim or result counted before its run would show recipients of a campaign that has none yet."""
+    released = [_parked(p) for p in await store_sends.unpark_outcomes(conn, enqueued)] if enqueued else []
+    pending = released + outcomes
+    if not pending:
+        return [], {}
+    kinds = await store_sends.run_kinds(conn, list({_run_of(d) for d in pending}))
+    ready = [d for d in pending if _run_of(d) in kinds]
+    if len(ready) < len(pending):
+        await store_sends.park_outcomes(
+            conn,
+            [(_run_of(d), d.topic, d.partition, d.offset, d.raw) for d in pending if _run_of(d) not in kinds],
+        )
+    return ready, kinds
+
+
+def _run_of(d: Delivery) -> str:
+    assert isinstance(d.event, OUTCOMES)
+    return d.event.run_token
+
+
+def _parked(p: store_sends.ParkedOutcome) -> Delivery:
+    envelope, event = decode(p[4])
+    return Delivery(p[1], p[2], p[3], None, envelope, event, p[4])
+
+
+async def apply_outcomes(conn: Conn, outcomes: list[Delivery], runs: dict[str, str], poll: Poll) -> None:
     """In log order: a claim moves a queued batch to processing; its first outcome ends it. Later
-    duplicates of either change nothing."""
+    duplicates of either change nothing. `runs` holds the kind of every outcome's run."""
     if not outcomes:
         return
     ids = list(dict.fromkeys(d.event.batch_id for d in outcomes))  # type: ignore[attr-defined]
     states: dict[str, store_sends.BatchState | None] = dict.fromkeys(ids)
     states.update(await store_sends.batch_states(conn, ids))
+    recorded = await _recorded_before_claims(conn, outcomes, runs)
     claims: list[store_sends.Claim] = []
     finishes: list[BatchOutcome] = []
     resolutions: list[store_sends.Resolution] = []
@@ -81,14 +113,20 @@ async def apply_outcomes(conn: Conn, outcomes: list[Delivery], poll: Poll) -> No
         if isinstance(e, BatchClaimed):
             if before is not None and before.status != "queued":
                 continue  # claimed before, or already finished
-            claims.append(store_sends.Claim(e.batch_id, cid, e.run_token, len(e.recipient_ids), e.claimed_at))
+            counted = len(e.recipient_ids)
+            if runs[e.run_token] != "initial":  # a later run may claim recipients that have a result
+                recorded.update((r[0], r[1]) for r in rows)
+                counted = sum((cid, rid) not in recorded for rid in e.recipient_ids)
+            claims.append(
+                store_sends.Claim(e.batch_id, cid, e.run_token, len(e.recipient_ids), counted, e.claimed_at)
+            )
             states[e.batch_id] = store_sends.BatchState(
                 "processing",
-                len(e.recipient_ids),
+                counted,
                 before.member_ids if before else None,
                 before.member_phones if before else None,
             )
-            poll.campaigns[cid].processing += len(e.recipient_ids)
+            poll.campaigns[cid].processing += counted
             continue
         if before is not None and before.status not in OPEN_BATCH:
             continue  # this batch already had its outcome: a duplicate
@@ -109,6 +147,20 @@ async def apply_outcomes(conn: Conn, outcomes: list[Delivery], poll: Poll) -> No
     await store_sends.resolve_batches(conn, resolutions)
     if rows:
         await _write_send_results(conn, rows, poll)
+
+
+async def _recorded_before_claims(
+    conn: Conn, outcomes: list[Delivery], runs: dict[str, str]
+) -> set[tuple[str, int]]:
+    """Recipients claimed by a run after the first that already have a send result (a retry of failed
+    ones): they stay counted under that result until the new one arrives, not as processing as well."""
+    keys = [
+        (campaign_of(d), rid)
+        for d in outcomes
+        if isinstance(d.event, BatchClaimed) and runs[d.event.run_token] != "initial"
+        for rid in d.event.recipient_ids
+    ]
+    return await store_sends.recorded_recipients(conn, keys) if keys else set()
 
 
 def _resolved_rows(campaign_id: str, e: BatchResolved) -> list[SendRow]:

@@ -154,6 +154,15 @@ async def set_campaign_status(conn: Conn, campaign_id: str, tenant_id: str | Non
     )
 
 
+async def record_run(conn: Conn, run_token: str, campaign_id: str, kind: str) -> None:
+    await conn.execute(
+        "INSERT INTO runs (run_token, campaign_id, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        run_token,
+        campaign_id,
+        kind,
+    )
+
+
 async def set_enqueue_error(
     conn: Conn, campaign_id: str, tenant_id: str | None, code: str, message: str, at: datetime
 ) -> None:

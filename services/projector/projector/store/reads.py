@@ -244,13 +244,13 @@ async def stuck_processing(
     conn: Conn, cutoff: datetime, limit: int
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     summary = await conn.fetchrow(
-        """SELECT count(*)::int AS batches, coalesce(sum(claimed), 0)::bigint AS recipients
+        """SELECT count(*)::int AS batches, coalesce(sum(size), 0)::bigint AS recipients
            FROM batches WHERE status = 'processing' AND claimed_at < $1""",
         cutoff,
     )
     rows = await conn.fetch(
-        """SELECT b.batch_id, b.campaign_id::text AS campaign_id, c.tenant_id::text AS tenant_id, b.claimed,
-                  b.claimed_at
+        """SELECT b.batch_id, b.campaign_id::text AS campaign_id, c.tenant_id::text AS tenant_id,
+                  b.size AS claimed, b.claimed_at
            FROM batches b JOIN campaigns c ON c.id = b.campaign_id
            WHERE b.status = 'processing' AND b.claimed_at < $1 ORDER BY b.claimed_at LIMIT $2""",
         cutoff,

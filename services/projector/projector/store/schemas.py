@@ -21,6 +21,8 @@ READ_MODELS = (
     "recipients",
     "deliveries",
     "parked_reports",
+    "runs",
+    "parked_outcomes",
     "delivery_breakdown",
     "engagements",
     "applied_events",

@@ -72,6 +72,50 @@ async def fill_phones(conn: Conn, batches: Sequence[QueuedBatch]) -> None:
 # --- sms.outcomes ------------------------------------------------------------------------------------
 
 
+async def run_kinds(conn: Conn, run_tokens: Sequence[str]) -> dict[str, str]:
+    """The kind of each run whose CampaignEnqueued has been applied; runs not read yet are absent."""
+    rows = await conn.fetch(
+        "SELECT run_token, kind FROM runs WHERE run_token = ANY($1::text[])", list(run_tokens)
+    )
+    return {r["run_token"]: r["kind"] for r in rows}
+
+
+# (run_token, topic, partition, offset, raw record value)
+ParkedOutcome = tuple[str, str, int, int, bytes]
+
+
+async def park_outcomes(conn: Conn, outcomes: Sequence[ParkedOutcome]) -> None:
+    await conn.executemany(
+        """INSERT INTO parked_outcomes (run_token, topic, partition, "offset", raw)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+        outcomes,
+    )
+
+
+async def unpark_outcomes(conn: Conn, run_tokens: Sequence[str]) -> list[ParkedOutcome]:
+    """Take the outcomes parked for `run_tokens`, in log order."""
+    rows = await conn.fetch(
+        """DELETE FROM parked_outcomes WHERE run_token = ANY($1::text[])
+           RETURNING run_token, topic, partition, "offset", raw""",
+        list(run_tokens),
+    )
+    parked = [(r["run_token"], r["topic"], r["partition"], r["offset"], r["raw"]) for r in rows]
+    return sorted(parked, key=lambda p: (p[1], p[2], p[3]))
+
+
+async def recorded_recipients(conn: Conn, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Those (campaign_id, recipient_id) that have a send result (counted under it until replaced)."""
+    rows = await conn.fetch(
+        """SELECT r.campaign_id::text AS campaign_id, r.id
+           FROM unnest($1::uuid[], $2::bigint[]) AS u(campaign_id, id)
+           CROSS JOIN LATERAL (SELECT campaign_id, id FROM recipients
+                               WHERE campaign_id = u.campaign_id AND id = u.id LIMIT 1) AS r""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {(r["campaign_id"], r["id"]) for r in rows}
+
+
 @dataclass(frozen=True)
 class BatchState:
     status: str
@@ -96,7 +140,8 @@ class Claim:
     batch_id: str
     campaign_id: str
     run_token: str
-    claimed: int
+    size: int
+    claimed: int  # of them counted as processing: those without a recorded send result
     at: datetime
 
 
@@ -106,10 +151,10 @@ async def claim_batches(conn: Conn, claims: Sequence[Claim]) -> None:
         return
     await conn.executemany(
         """INSERT INTO batches (batch_id, campaign_id, run_token, size, claimed, status, claimed_at)
-           VALUES ($1, $2, $3, $4, $4, 'processing', $5)
+           VALUES ($1, $2, $3, $4, $5, 'processing', $6)
            ON CONFLICT (batch_id) DO UPDATE SET status = 'processing', claimed = EXCLUDED.claimed,
                claimed_at = EXCLUDED.claimed_at""",
-        [(c.batch_id, c.campaign_id, c.run_token, c.claimed, c.at) for c in claims],
+        [(c.batch_id, c.campaign_id, c.run_token, c.size, c.claimed, c.at) for c in claims],
     )
 
 
