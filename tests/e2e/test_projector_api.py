@@ -300,5 +300,12 @@ async def test_replay_compares_then_swaps_while_the_api_answers(
     report = await asyncio.to_thread(run, "reconcile", "--stuck-minutes", "1")
     assert report.returncode == 0, report.stderr
     sections = orjson.loads(report.stdout)
-    assert {"stuckProcessing", "sentWithoutFinalStatus", "ambiguousBatches", "stuckRuns"} <= set(sections)
-    assert all(sections[k]["command"] for k in ("stuckProcessing", "ambiguousBatches", "stuckRuns"))
+    kinds = (
+        "stuckProcessing",
+        "sentWithoutFinalStatus",
+        "ambiguousBatches",
+        "stuckRuns",
+        "outcomesWaitingForRun",
+    )
+    assert set(kinds) <= set(sections)
+    assert all(sections[k]["command"] for k in kinds)

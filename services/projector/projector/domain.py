@@ -210,4 +210,10 @@ RESOLUTIONS: dict[str, Resolution] = {
         "never claimed is republished by the enqueuer's background loop after STUCK_RUN_AFTER_S",
         why="the campaign is sending but none of its batches moved for the given time",
     ),
+    "outcomesWaitingForRun": Resolution(
+        command="look for the run's CampaignEnqueued in the projector's dead-letter topic (dlq.projector, with "
+        "the reason); once the projector can apply it, `python -m projector rebuild` replays the log and applies both",
+        why="the sender's outcomes of these runs were read but not their run's CampaignEnqueued, which the "
+        "enqueuer publishes with the batches: the projector could not apply it",
+    ),
 }

@@ -184,6 +184,7 @@ class Reconciliation(BaseModel):
     sentWithoutFinalStatus: ReconciliationSection
     ambiguousBatches: ReconciliationSection
     stuckRuns: ReconciliationSection
+    outcomesWaitingForRun: ReconciliationSection
 
 
 class TableChecksum(BaseModel):

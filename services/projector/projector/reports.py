@@ -50,6 +50,7 @@ async def reconciliation(
     )
     ambiguous, ambiguous_rows = await reads.ambiguous_batches(conn, limit)
     runs = await reads.stuck_runs(conn, now - timedelta(minutes=stuck_minutes), limit)
+    waiting, waiting_rows = await reads.waiting_for_run(conn, now - timedelta(minutes=stuck_minutes), limit)
     return {
         "generatedAt": now.isoformat(),
         "stuckProcessing": _section(
@@ -62,6 +63,7 @@ async def reconciliation(
             "ambiguousBatches", ambiguous["batches"], ambiguous["recipients"], ambiguous_rows
         ),
         "stuckRuns": _section("stuckRuns", len(runs), 0, runs),
+        "outcomesWaitingForRun": _section("outcomesWaitingForRun", waiting["runs"], 0, waiting_rows),
     }
 
 

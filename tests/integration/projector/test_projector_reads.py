@@ -4,6 +4,7 @@ and its counters agree with the list."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -15,7 +16,7 @@ from projector import projection, reports
 from projector.app import MIGRATIONS
 from projector.store import reads
 from projector.store.reads import CandidateScope, RecipientFilter
-from projector.synthetic import BASE_TIME, Log, report_bytes
+from projector.synthetic import BASE_TIME, Log, Record, report_bytes
 
 from shared import db
 from shared.broker import BatchConsumer
@@ -49,7 +50,7 @@ async def pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[asyncp
     await db.apply_migrations(url, "projector", MIGRATIONS)
     p = await db.create_pool(url, "projector", max_size=3)
     try:
-        await project(p, mid_send_log())
+        await project(p, mid_send_log().in_order())
         yield p
     finally:
         await p.close()
@@ -105,9 +106,9 @@ def mid_send_log() -> Log:
     return log
 
 
-async def project(pool: asyncpg.Pool, log: Log) -> None:
+async def project(pool: asyncpg.Pool, records: list[Record]) -> None:
     consumer = BatchConsumer(None, lambda: pool, projection.CONSUMER, projection.apply)  # type: ignore[arg-type]
-    await consumer.process(log.in_order())
+    await consumer.process(records)
 
 
 async def listed(pool: asyncpg.Pool, **filters: Any) -> list[asyncpg.Record]:
@@ -184,3 +185,39 @@ async def test_refresh_candidates_are_the_unreported_accepted_messages(pool: asy
     assert {i["tenantId"] for i in found} == {TENANT}
     assert [i["messageId"] for i in by_bulk] == ["MSG0003"]
     assert too_recent == []
+
+
+async def test_outcomes_of_a_run_never_read_wait_and_the_reconciliation_report_lists_them(
+    pool: asyncpg.Pool,
+) -> None:
+    """A claim whose run's CampaignEnqueued the projector never applied (say it was dead-lettered) moves
+    no counter; it waits, and the operator's report names the run with what to do."""
+    lost = "run-lost"
+    log = Log(partitions=1)
+    log.append(SMS_OUTCOMES, CAMPAIGN, BatchClaimed(batch_id=f"{CAMPAIGN}:{lost}:0", run_token=lost,
+                                                     recipient_ids=(101, 102), claimed_at=BASE_TIME),
+               occurred_at=BASE_TIME, tenant_id=TENANT, campaign_id=CAMPAIGN)  # fmt: skip
+    async with pool.acquire() as conn:
+        before = await conn.fetchrow("SELECT * FROM campaigns WHERE id = $1", CAMPAIGN)
+    # Past the offsets the module's log used in that partition.
+    await project(pool, [dataclasses.replace(r, offset=r.offset + 1000) for r in log.in_order()])
+    async with pool.acquire() as conn:
+        after = await conn.fetchrow("SELECT * FROM campaigns WHERE id = $1", CAMPAIGN)
+        report = await reports.reconciliation(
+            conn, BASE_TIME + timedelta(days=3650), delivery_hours=1, processing_minutes=1, stuck_minutes=1,
+            limit=10,
+        )  # fmt: skip
+        fresh = await reports.reconciliation(
+            conn, BASE_TIME, delivery_hours=1, processing_minutes=1, stuck_minutes=1, limit=10
+        )
+    assert after == before
+    waiting = report["outcomesWaitingForRun"]
+    assert (
+        waiting["count"],
+        [(i["runToken"], i["campaignId"], i["outcomes"]) for i in waiting["items"]],
+    ) == (
+        1,
+        [(lost, CAMPAIGN, 1)],
+    )
+    assert "dlq.projector" in waiting["command"]
+    assert fresh["outcomesWaitingForRun"]["count"] == 0  # parked just now: not yet waiting long

@@ -2,6 +2,7 @@
 -- sms.outcomes and campaign.events are separate topics: a poll can bring a batch's claim or result before
 -- its run's enqueue, and counting it then showed a draft campaign with total 0 and recipients processing.
 -- Such outcomes wait here, as read from the log, until their run is known; then they are applied in order.
+-- (A run's CampaignEnqueued is published in the transaction that writes its batches: it is in the log.)
 CREATE TABLE runs (
     run_token   text COLLATE "C" PRIMARY KEY,
     campaign_id uuid NOT NULL,
@@ -15,9 +16,11 @@ WHERE NOT EXISTS (SELECT 1 FROM campaigns c WHERE c.run_token = b.run_token);
 
 CREATE TABLE parked_outcomes (
     run_token  text COLLATE "C" NOT NULL,
+    campaign_id uuid  NOT NULL,
     topic      text   NOT NULL,
     partition  int    NOT NULL,
     "offset"   bigint NOT NULL,
     raw        bytea  NOT NULL,
+    parked_at  timestamptz NOT NULL DEFAULT now(),  -- the reconciliation report lists runs waiting long
     PRIMARY KEY (run_token, topic, partition, "offset")
 );

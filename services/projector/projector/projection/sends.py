@@ -70,7 +70,11 @@ async def release_outcomes(
     if len(ready) < len(pending):
         await store_sends.park_outcomes(
             conn,
-            [(_run_of(d), d.topic, d.partition, d.offset, d.raw) for d in pending if _run_of(d) not in kinds],
+            [
+                (campaign_of(d), (_run_of(d), d.topic, d.partition, d.offset, d.raw))
+                for d in pending
+                if _run_of(d) not in kinds
+            ],
         )
     return ready, kinds
 

@@ -84,11 +84,12 @@ async def run_kinds(conn: Conn, run_tokens: Sequence[str]) -> dict[str, str]:
 ParkedOutcome = tuple[str, str, int, int, bytes]
 
 
-async def park_outcomes(conn: Conn, outcomes: Sequence[ParkedOutcome]) -> None:
+async def park_outcomes(conn: Conn, outcomes: Sequence[tuple[str, ParkedOutcome]]) -> None:
+    """Park (campaign_id, outcome) pairs."""
     await conn.executemany(
-        """INSERT INTO parked_outcomes (run_token, topic, partition, "offset", raw)
-           VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
-        outcomes,
+        """INSERT INTO parked_outcomes (campaign_id, run_token, topic, partition, "offset", raw)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+        [(cid, *o) for cid, o in outcomes],
     )
 
 
