@@ -21,6 +21,6 @@ CREATE TABLE parked_outcomes (
     partition  int    NOT NULL,
     "offset"   bigint NOT NULL,
     raw        bytea  NOT NULL,
-    parked_at  timestamptz NOT NULL DEFAULT now(),  -- the reconciliation report lists runs waiting long
+    occurred_at timestamptz NOT NULL,  -- the event's time (not the clock's: a replay parks the same rows)
     PRIMARY KEY (run_token, topic, partition, "offset")
 );

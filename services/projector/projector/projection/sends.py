@@ -71,7 +71,7 @@ async def release_outcomes(
         await store_sends.park_outcomes(
             conn,
             [
-                (campaign_of(d), (_run_of(d), d.topic, d.partition, d.offset, d.raw))
+                (campaign_of(d), d.envelope.occurred_at, (_run_of(d), d.topic, d.partition, d.offset, d.raw))
                 for d in pending
                 if _run_of(d) not in kinds
             ],

@@ -263,17 +263,17 @@ async def stuck_processing(
 async def waiting_for_run(
     conn: Conn, cutoff: datetime, limit: int
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
-    """Runs whose outcomes have waited since before `cutoff` for their CampaignEnqueued."""
+    """Runs with outcomes from before `cutoff` still waiting for their CampaignEnqueued."""
     summary = await conn.fetchrow(
         """SELECT count(*)::int AS runs, coalesce(sum(n), 0)::bigint AS outcomes
            FROM (SELECT count(*) AS n FROM parked_outcomes GROUP BY run_token
-                 HAVING min(parked_at) < $1) AS w""",
+                 HAVING min(occurred_at) < $1) AS w""",
         cutoff,
     )
     rows = await conn.fetch(
         """SELECT run_token, min(campaign_id::text) AS campaign_id, count(*)::int AS outcomes,
-                  min(parked_at) AS waiting_since
-           FROM parked_outcomes GROUP BY run_token HAVING min(parked_at) < $1
+                  min(occurred_at) AS waiting_since
+           FROM parked_outcomes GROUP BY run_token HAVING min(occurred_at) < $1
            ORDER BY waiting_since LIMIT $2""",
         cutoff,
         limit,

@@ -84,12 +84,12 @@ async def run_kinds(conn: Conn, run_tokens: Sequence[str]) -> dict[str, str]:
 ParkedOutcome = tuple[str, str, int, int, bytes]
 
 
-async def park_outcomes(conn: Conn, outcomes: Sequence[tuple[str, ParkedOutcome]]) -> None:
-    """Park (campaign_id, outcome) pairs."""
+async def park_outcomes(conn: Conn, outcomes: Sequence[tuple[str, datetime, ParkedOutcome]]) -> None:
+    """Park (campaign_id, occurred_at, outcome) triples."""
     await conn.executemany(
-        """INSERT INTO parked_outcomes (campaign_id, run_token, topic, partition, "offset", raw)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
-        [(cid, *o) for cid, o in outcomes],
+        """INSERT INTO parked_outcomes (campaign_id, occurred_at, run_token, topic, partition, "offset", raw)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
+        [(cid, at, *o) for cid, at, o in outcomes],
     )
 
 
