@@ -151,6 +151,22 @@ async def backend_cpu(dsn: str) -> dict[str, float]:
     return out
 
 
+async def projector_row_writes(dsn: str) -> dict[str, int]:
+    """Rows the projector inserted per table so far (PostgreSQL's statistics, flushed before reading): how
+    many reports were read before their send result (parked), and outcomes before their run's enqueue."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        await asyncio.sleep(1.0)  # other backends flush within a second of going idle
+        rows = await conn.fetch(
+            """SELECT relname, n_tup_ins FROM pg_stat_user_tables WHERE schemaname = 'projector'
+               AND relname IN ('recipients', 'deliveries', 'parked_reports', 'parked_outcomes')"""
+        )
+    finally:
+        await conn.close()
+    return {r["relname"]: r["n_tup_ins"] for r in rows}
+
+
 def contacts_csv(count: int, first: int) -> Iterator[bytes]:
     yield b"phone,first_name\n"
     chunk = 20_000
@@ -380,6 +396,7 @@ async def test_bench_a_million_recipients_end_to_end() -> None:
                     await asyncio.sleep(0.25)
                 final = timeline[-1][1]
                 pg_after = await backend_cpu(stack.database_url)
+                inserted = await projector_row_writes(stack.database_url)
                 sends = (await http.get(f"{stack.url('mitto-sim')}/sim/sends?campaign={campaign}")).json()
         copy_rate, update_rate = await raw_copy_and_update(stack.database_url, RECIPIENTS)
         produce_rate = await raw_produce(stack.broker.bootstrap)
@@ -428,6 +445,7 @@ async def test_bench_a_million_recipients_end_to_end() -> None:
         "postgres_backend_cpu_s": {
             n: round(v - pg_before.get(n, 0.0), 1) for n, v in sorted(pg_after.items())
         },
+        "projector_rows_inserted": inserted,
         "raw": {
             "copy_rows_per_s": round(copy_rate),
             "batched_update_rows_per_s": round(update_rate),
@@ -466,6 +484,8 @@ async def test_bench_a_million_recipients_end_to_end() -> None:
                 "  CPU seconds: " + ", ".join(f"{n} {v}" for n, v in result["cpu_s"].items()),
                 "  of which PostgreSQL backends by client: "
                 + ", ".join(f"{n} {v}" for n, v in result["postgres_backend_cpu_s"].items()),
+                f"  projector: {inserted.get('parked_reports', 0):,} of {inserted.get('deliveries', 0):,} reports read "
+                f"before their send result, {inserted.get('parked_outcomes', 0):,} outcomes before their run",
                 f"  results: {OUT / 'e2e.json'}, chart: {OUT / 'e2e.png'}",
             ]
         )
