@@ -15,6 +15,10 @@ FINAL = frozenset({"delivered", "failed"})
 OPEN_BATCH = frozenset({"queued", "processing"})
 # Members stay listed while the batch is open or was deferred (paused/cancelled before the call).
 MEMBER_BATCH = frozenset({"queued", "processing", "deferred"})
+# Runs whose recipients have no send result yet: a claim of theirs counts every member as processing. Any
+# other run is checked recipient by recipient: a retry takes failed ones, and a resume of a paused retry
+# takes recipients the retry queued again, who still hold their failed result.
+RUNS_OF_UNSENT = frozenset({"initial"})
 
 
 @dataclass(frozen=True)

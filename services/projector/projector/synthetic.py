@@ -225,6 +225,7 @@ class _CampaignWriter:
         self.seconds = 0
         self.accepted: list[tuple[str, int]] = []  # (message id, recipient id)
         self.rejected: list[tuple[int, str]] = []
+        self.deferred: list[tuple[int, str]] = []
 
     def now(self) -> datetime:
         self.seconds += 1
@@ -255,9 +256,11 @@ class _CampaignWriter:
             (self.recipient_ids.next(), f"+30694{rng.randrange(10**7):07d}") for _ in range(shape.recipients)
         ]
         self.run(RunKind.INITIAL, people)
+        self.resume()
         if shape.retry_failed and self.rejected:
             again, self.rejected = self.rejected, []
             self.run(RunKind.RETRY_FAILED, again)
+            self.resume()  # a paused retry's members still hold their failed result
         for mid, _ in self.accepted:
             for _ in range(rng.randint(0, shape.max_reports)):
                 raw, status = rng.choice(REPORT_KINDS)
@@ -275,6 +278,14 @@ class _CampaignWriter:
                 recipient_id=rng.choice(reached), phone="+30", unsubscribed_at=self.now(),
             ))  # fmt: skip
         return self.cid
+
+    def resume(self) -> None:
+        """Runs of the members of deferred batches (paused, then resumed), at most twice."""
+        for _ in range(2):
+            if not self.deferred:
+                return
+            again, self.deferred = self.deferred, []
+            self.run(RunKind.RESUME, again)
 
     def run(self, kind: RunKind, members: list[tuple[int, str]]) -> None:
         shape, rng = self.shape, self.rng
@@ -307,6 +318,7 @@ class _CampaignWriter:
         if draw < shape.deferred_batch_share:
             self.emit(SMS_OUTCOMES, BatchDeferred(batch_id=bid, run_token=run, recipient_ids=ids, reason="paused",
                                                   at=self.now()), f"{bid}:BatchDeferred")  # fmt: skip
+            self.deferred += chunk
             return
         self.emit(SMS_OUTCOMES, BatchClaimed(batch_id=bid, run_token=run, recipient_ids=ids, claimed_at=self.now()),
                   f"{bid}:BatchClaimed")  # fmt: skip

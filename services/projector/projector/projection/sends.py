@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from projector.domain import MEMBER_BATCH, OPEN_BATCH, send_result_applies
+from projector.domain import MEMBER_BATCH, OPEN_BATCH, RUNS_OF_UNSENT, send_result_applies
 from projector.projection.poll import Poll, campaign_of
 from projector.store import sends as store_sends
 from projector.store.sends import BatchOutcome, QueuedBatch
@@ -98,6 +98,7 @@ async def apply_outcomes(conn: Conn, outcomes: list[Delivery], runs: dict[str, s
     states: dict[str, store_sends.BatchState | None] = dict.fromkeys(ids)
     states.update(await store_sends.batch_states(conn, ids))
     recorded = await _recorded_before_claims(conn, outcomes, runs)
+    seen = 0  # rows of this poll already in `recorded`
     claims: list[store_sends.Claim] = []
     finishes: list[BatchOutcome] = []
     resolutions: list[store_sends.Resolution] = []
@@ -118,8 +119,9 @@ async def apply_outcomes(conn: Conn, outcomes: list[Delivery], runs: dict[str, s
             if before is not None and before.status != "queued":
                 continue  # claimed before, or already finished
             counted = len(e.recipient_ids)
-            if runs[e.run_token] != "initial":  # a later run may claim recipients that have a result
-                recorded.update((r[0], r[1]) for r in rows)
+            if runs[e.run_token] not in RUNS_OF_UNSENT:
+                recorded.update((r[0], r[1]) for r in rows[seen:])
+                seen = len(rows)
                 counted = sum((cid, rid) not in recorded for rid in e.recipient_ids)
             claims.append(
                 store_sends.Claim(e.batch_id, cid, e.run_token, len(e.recipient_ids), counted, e.claimed_at)
@@ -156,12 +158,12 @@ async def apply_outcomes(conn: Conn, outcomes: list[Delivery], runs: dict[str, s
 async def _recorded_before_claims(
     conn: Conn, outcomes: list[Delivery], runs: dict[str, str]
 ) -> set[tuple[str, int]]:
-    """Recipients claimed by a run after the first that already have a send result (a retry of failed
-    ones): they stay counted under that result until the new one arrives, not as processing as well."""
+    """Recipients claimed by a run that may hold some with a send result (a retry of failed ones): they
+    stay counted under that result until the new one arrives, not as processing as well."""
     keys = [
         (campaign_of(d), rid)
         for d in outcomes
-        if isinstance(d.event, BatchClaimed) and runs[d.event.run_token] != "initial"
+        if isinstance(d.event, BatchClaimed) and runs[d.event.run_token] not in RUNS_OF_UNSENT
         for rid in d.event.recipient_ids
     ]
     return await store_sends.recorded_recipients(conn, keys) if keys else set()
