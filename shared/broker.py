@@ -260,6 +260,80 @@ def in_topic_order(records: Sequence[Any], rank: dict[str, int]) -> list[Any]:
 Apply = Callable[[Conn, Sequence[Delivery]], Awaitable[None]]
 
 
+class TimeAlignment:
+    """Keeps one topic (the follower) from running ahead of another (the leader) in record time while
+    this consumer has leader records to catch up on.
+
+    A consumer behind its log gets partitions in whatever order the fetcher filled its buffers: a poll can
+    bring minutes of delivery reports before the send results they refer to, and each such report costs
+    a detour (parked, then counted when its send result arrives). Follower records stamped later than the
+    newest leader record handed over are held: their partition is rewound to the first of them and paused,
+    and resumed once the leader has passed that time or caught up. Only the order changes; every record is
+    applied, and a leader that stalls releases the hold after `max_hold_s`."""
+
+    def __init__(self, follower: str, leader: str, *, max_hold_s: float = 5.0) -> None:
+        self.follower = follower
+        self.leader = leader
+        self.max_hold_s = max_hold_s
+        self.newest: dict[TopicPartition, int] = {}  # leader partition → newest timestamp handed over
+        self.held: dict[TopicPartition, int] = {}  # paused follower partition → its first held timestamp
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    async def split(self, records: Sequence[Any], consumer: AIOKafkaConsumer) -> list[Any]:
+        """The records to apply now, in their order; the others are held (see the class)."""
+        for r in records:
+            if r.topic == self.leader:
+                tp = TopicPartition(r.topic, r.partition)
+                self.newest[tp] = max(self.newest.get(tp, r.timestamp), r.timestamp)
+        assigned = consumer.assignment()
+        watermark = await self._watermark(consumer, assigned)
+        due = [tp for tp, at in self.held.items() if at <= watermark or tp not in assigned]
+        self._resume(consumer, due, assigned)
+        keep: list[Any] = []
+        first_held: dict[TopicPartition, Any] = {}
+        for r in records:
+            if r.topic == self.follower:
+                tp = TopicPartition(r.topic, r.partition)
+                if tp in first_held:
+                    continue
+                if r.timestamp > watermark:
+                    first_held[tp] = r
+                    continue
+            keep.append(r)
+        for tp, r in first_held.items():
+            consumer.seek(tp, r.offset)
+            consumer.pause(tp)
+            self.held[tp] = r.timestamp
+        if first_held:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog = asyncio.get_running_loop().call_later(
+                self.max_hold_s, lambda: self._resume(consumer, list(self.held), consumer.assignment())
+            )
+        return keep
+
+    async def _watermark(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> float:
+        """The time up to which follower records may go: the oldest of the newest timestamps of the leader
+        partitions still behind (-inf for one behind that handed nothing over yet), +inf if none is."""
+        behind: list[float] = []
+        for tp in assigned:
+            if tp.topic != self.leader:
+                continue
+            end = consumer.highwater(tp)
+            if end is not None and await consumer.position(tp) < end:
+                behind.append(self.newest.get(tp, float("-inf")))
+        return min(behind, default=float("inf"))
+
+    def _resume(
+        self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition], assigned: set[TopicPartition]
+    ) -> None:
+        for tp in partitions:
+            self.held.pop(tp, None)
+        mine = [tp for tp in partitions if tp in assigned]
+        if mine:
+            consumer.resume(*mine)
+
+
 class BatchConsumer:
     """Consumes batches and applies them with their positions in one transaction.
 
@@ -278,6 +352,7 @@ class BatchConsumer:
         *,
         read: RecordDecoder = decode_value,
         topic_order: Sequence[str] = (),
+        alignment: TimeAlignment | None = None,
     ) -> None:
         self.broker = broker
         self.pool_ref = pool_ref
@@ -287,6 +362,7 @@ class BatchConsumer:
         # Within a poll, records of these topics go first, in this order (each partition's order kept):
         # a poll applied in several slices then applies, say, a campaign's facts before its batches'.
         self.topic_rank = {t: i for i, t in enumerate(topic_order)}
+        self.alignment = alignment
         self.chunk_bytes = APPLY_CHUNK_BYTES  # subscribe() takes the configured value
 
     def subscribe(self, settings: ServiceSettings, *topics: str, max_records: int | None = None) -> None:
@@ -308,8 +384,12 @@ class BatchConsumer:
         self.chunk_bytes = k.apply_chunk_bytes
 
     async def handle(self, body: Any, msg: KafkaMessage) -> None:
+        records = list(msg.raw_message)
+        if self.alignment is not None:
+            # Before anything is applied or acknowledged: the commit that follows sees the rewound positions.
+            records = await self.alignment.split(records, msg.consumer)
         try:
-            await self.process(list(msg.raw_message))
+            await self.process(records)
         except TRANSIENT_ERRORS:
             log.exception("%s: transient failure, the batch will be retried", self.consumer)
             await asyncio.sleep(TRANSIENT_BACKOFF_S)

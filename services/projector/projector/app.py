@@ -11,8 +11,9 @@ from projector.dashboard import mount_dashboard
 from projector.projection import CONSUMER, TOPICS
 from projector.rebuild import LIVE
 from projector.settings import ProjectorSettings
-from shared.broker import BatchConsumer
+from shared.broker import BatchConsumer, TimeAlignment
 from shared.service import ServiceRuntime
+from shared.topics import DELIVERY_REPORTS, SMS_OUTCOMES
 from shared.web import OrjsonResponse, install_common
 
 SCHEMA = LIVE
@@ -21,9 +22,11 @@ MIGRATIONS = ("shared", "projector")
 
 def create_app(settings: ProjectorSettings) -> FastAPI:
     rt = ServiceRuntime(settings, name="projector", schema=SCHEMA, migrations=MIGRATIONS, outbox=False)
-    BatchConsumer(rt.broker, lambda: rt.pool, CONSUMER, projection.apply, topic_order=TOPICS).subscribe(
-        settings, *TOPICS, max_records=settings.poll_records
-    )
+    hold = settings.report_hold_s
+    alignment = TimeAlignment(DELIVERY_REPORTS, SMS_OUTCOMES, max_hold_s=hold) if hold > 0 else None
+    BatchConsumer(
+        rt.broker, lambda: rt.pool, CONSUMER, projection.apply, topic_order=TOPICS, alignment=alignment
+    ).subscribe(settings, *TOPICS, max_records=settings.poll_records)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

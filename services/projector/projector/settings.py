@@ -15,6 +15,12 @@ class ProjectorSettings(ServiceSettings):
         description="records per consumed batch: bigger polls, fewer statements per event, and several "
         "slices to decode while the one before is applied",
     )
+    report_hold_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="behind the log, delivery reports stamped later than the newest send result read wait "
+        "for it up to this long (each one read first would be parked, then counted again); 0 turns it off",
+    )
     rebuild_workers: int = Field(
         default=3, ge=1, description="processes a rebuild replays in (decoding is most of its CPU)"
     )

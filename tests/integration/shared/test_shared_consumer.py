@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from shared.broker import (
     BatchConsumer,
     Delivery,
     LogPositionMismatch,
+    TimeAlignment,
     assert_positions_within_log,
     byte_slices,
     end_offsets,
@@ -77,12 +79,13 @@ def report(message_id: str) -> bytes:
     return encode(envelope_for(event, occurred_at=AT, tenant_id=None))
 
 
-async def produce(bootstrap: str, topic: str, values: Sequence[bytes]) -> None:
+async def produce(bootstrap: str, topic: str, values: Sequence[bytes], *, at: int | None = None) -> None:
+    """Keys cycle over three values (so over partitions); `at`: the records' timestamp (ms)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         for i, v in enumerate(values):
-            await producer.send_and_wait(topic, v, key=str(i % 3).encode())
+            await producer.send_and_wait(topic, v, key=str(i % 3).encode(), timestamp_ms=at)
     finally:
         await producer.stop()
 
@@ -119,14 +122,25 @@ async def applied_ids(url: str) -> list[str]:
 class Harness:
     """A BatchConsumer over `topic` whose effect is a row per event; `fail_on` makes chosen events fail."""
 
-    def __init__(self, bootstrap: str, url: str, topic: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        url: str,
+        topic: str,
+        *more_topics: str,
+        alignment: TimeAlignment | None = None,
+        max_records: int | None = None,
+    ) -> None:
         self.settings = settings(bootstrap, url)
         self.url = url
-        self.topic = topic
+        self.topics = (topic, *more_topics)
+        self.max_records = max_records
         self.fail_on: dict[str, type[Exception]] = {}
         self.broker = make_broker(self.settings, "test")
         self.pool: asyncpg.Pool | None = None
-        self.consumer = BatchConsumer(self.broker, lambda: self.pool, "tester", self.apply)  # type: ignore[arg-type,return-value]
+        self.consumer = BatchConsumer(
+            self.broker, lambda: self.pool, "tester", self.apply, alignment=alignment
+        )  # type: ignore[arg-type,return-value]
 
     async def apply(self, conn: db.Conn, deliveries: Sequence[Delivery]) -> None:
         for d in deliveries:
@@ -140,8 +154,8 @@ class Harness:
 
     async def __aenter__(self) -> Harness:
         self.pool = await db.create_pool(self.url, "svc")
-        await ensure_topics(self.settings.kafka.bootstrap_servers, [self.topic, "dlq.tester"], 3)
-        self.consumer.subscribe(self.settings, self.topic)
+        await ensure_topics(self.settings.kafka.bootstrap_servers, [*self.topics, "dlq.tester"], 3)
+        self.consumer.subscribe(self.settings, *self.topics, max_records=self.max_records)
         await self.broker.start()
         return self
 
@@ -200,6 +214,39 @@ async def test_an_event_whose_effect_fails_is_isolated_dead_lettered_and_its_bat
         )
     assert sorted(await applied_ids(database)) == ["b0", "b1", "b2", "b4", "b5"]  # b3's row rolled back
     assert any(b"ValueError: cannot apply b3" in dict(r.headers)["dlq-reason"] for r in dead)
+
+
+async def test_a_follower_topic_is_applied_only_once_the_leader_has_passed_its_time(
+    broker: TansuBroker, database: str
+) -> None:
+    """Behind its log, the consumer gets the follower's records (reports) first; held back, each is applied
+    in the transaction that hands over the leader's record (a send result) stamped after it, or later."""
+    # Small fetches, and a follower whose partitions the broker answers first: its backlog comes first.
+    leader, follower = f"z.{secrets.token_hex(3)}", f"a.{secrets.token_hex(3)}"
+    await ensure_topics(broker.bootstrap, [leader, follower, "dlq.tester"], 3)
+    t0 = int(time.time() * 1000) - 60_000
+    await produce(broker.bootstrap, follower, [report(f"f{i:04d}") for i in range(1500)], at=t0 + 10_000)
+    # 300 leader records stamped before the follower's (any follower record read before all of them is
+    # early), then one after; each partition is handed over in order.
+    for i in range(300):
+        await produce(broker.bootstrap, leader, [report(f"l{i:03d}")], at=t0 + 30 * i)
+    await produce(broker.bootstrap, leader, [report("last")], at=t0 + 20_000)
+    async with asyncpg.create_pool(database, server_settings={"search_path": "svc"}) as pool:
+        await pool.execute("ALTER TABLE applied ADD COLUMN tx bigint DEFAULT txid_current()")
+    alignment = TimeAlignment(follower, leader, max_hold_s=30.0)
+    h = Harness(broker.bootstrap, database, leader, follower, alignment=alignment, max_records=200)
+    small = {"fetch_max_bytes": 65_536, "partition_fetch_bytes": 32_768}
+    h.settings = h.settings.model_copy(update={"kafka": h.settings.kafka.model_copy(update=small)})
+    async with h:
+        await eventually(lambda: _count(database, 1801), what="every record applied", timeout=60)
+    conn = await asyncpg.connect(database)
+    try:
+        tx = {r["message_id"]: r["tx"] for r in await conn.fetch("SELECT message_id, tx FROM svc.applied")}
+    finally:
+        await conn.close()
+    early = [m for m, t in tx.items() if m.startswith("f") and t < tx["last"]]
+    assert early == [], f"{len(early)} follower records applied before the leader passed their time"
+    assert not alignment.held  # nothing left paused
 
 
 async def test_a_transient_failure_rewinds_and_the_event_is_applied_exactly_once(
