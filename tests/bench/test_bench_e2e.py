@@ -4,7 +4,7 @@ components underneath, measured in the same run. Prints a table; writes artifact
 Each stage is timed where it happens: the simulator's own counts (messages stored, reports posted to
 dlr-ingest) and the projector's read model (sent, delivered).
 
-    E2E_RECIPIENTS=100000 E2E_REPLICAS=projector=2 .venv/bin/pytest -q -s -m bench tests/bench/test_bench_e2e.py
+    E2E_RECIPIENTS=100000 E2E_REPLICAS=projector=2 E2E_ENV="projector:POLL_RECORDS=5000" .venv/bin/pytest -q -s -m bench tests/bench/test_bench_e2e.py
 
 Nothing here asserts a speed: the figures are for people, the correctness checks are real.
 """
@@ -41,6 +41,11 @@ REPLICAS = {
     name: int(n)
     for name, n in (item.split("=") for item in os.environ.get("E2E_REPLICAS", "").split(",") if item)
 }
+# Extra environment of one service, to try a setting: E2E_ENV="projector:KAFKA_FETCH_MAX_BYTES=4194304;..."
+SERVICE_ENV: dict[str, dict[str, str]] = {}
+for item in filter(None, os.environ.get("E2E_ENV", "").split(",")):
+    service, _, assignments = item.partition(":")
+    SERVICE_ENV[service] = dict(a.split("=", 1) for a in assignments.split(";") if a)
 OUT = REPO / "artifacts" / "bench"
 BENCH_TOOLS = REPO / "services" / "dlr-ingest" / "bench"
 
@@ -321,6 +326,7 @@ async def test_bench_a_million_recipients_end_to_end() -> None:
             },
             log_level="WARNING",
             replicas=REPLICAS,
+            env=SERVICE_ENV,
         )
     )
     await stack.start()
