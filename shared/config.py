@@ -32,7 +32,8 @@ class KafkaSettings(BaseSettings):
     # consumer's CPU and PostgreSQL's busy at once.
     apply_chunk_bytes: int = APPLY_CHUNK_BYTES
     fetch_max_bytes: int = 16 * 1024 * 1024
-    # At least the largest record a producer may write (max_request_size), so any record can be fetched.
+    # A record bigger than this is still fetched whole (the broker returns a partition's first batch in
+    # full; checked with 7 MB records against a 2 MB limit): it bounds what the fetcher buffers.
     partition_fetch_bytes: int = 8 * 1024 * 1024
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 from collections.abc import Sequence
@@ -76,6 +77,7 @@ class ServiceRuntime:
             await assert_positions_within_log(self._pool, s.kafka.bootstrap_servers)
         await self.broker.start()
         tune_gc(s.gc_threshold)
+        fix_mmap_threshold()
         if self.relay:
             self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay")
 
@@ -97,6 +99,23 @@ class ServiceRuntime:
             return bool(await self.broker.ping(timeout=2.0))
 
         return {"database": database, "broker": broker} if self.schema else {"broker": broker}
+
+
+# glibc's mallopt parameter number for M_MMAP_THRESHOLD (malloc.h).
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Keep glibc's mmap threshold where it starts. glibc raises it after each large block is freed, so
+    the next records of hundreds of kilobytes (a batch of 5,000 recipients) come from the heap, which
+    grows in steps it does not give back: the projector's peak RSS in the 1M benchmark was 390-401 MB,
+    372 MB with a fixed threshold. Returns whether it applied (glibc only; elsewhere a no-op)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def tune_gc(threshold: int) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 
 from shared.config import ServiceSettings
 from shared.links import LinkSettings
+
+LEAN_FETCHES = {"fetch_max_bytes": 4 * 1024 * 1024, "partition_fetch_bytes": 2 * 1024 * 1024}
 
 
 class ProjectorSettings(ServiceSettings):
@@ -29,5 +33,17 @@ class ProjectorSettings(ServiceSettings):
     enqueuer_public_url: str = Field(
         default="http://127.0.0.1:8001", description="where the dashboard (in the browser) sends commands"
     )
+
+    @model_validator(mode="after")
+    def _lean_fetches(self) -> Self:
+        """Smaller fetches than the other services' unless KAFKA_* says otherwise: the projector reads every
+        topic, and the fetcher keeps a buffer per partition; with 8 MB per partition its peak RSS in the 1M
+        benchmark was 372 MB, with 2 MB 351 MB, at the same rate. A record larger than the limit is still
+        fetched whole (the broker returns a partition's first batch in full)."""
+        lean = {k: v for k, v in LEAN_FETCHES.items() if k not in self.kafka.model_fields_set}
+        if lean:
+            self.kafka = self.kafka.model_copy(update=lean)
+        return self
+
     # Where recipients' links point: the dashboard's part counter includes them, as the sender sends them.
     links: LinkSettings = Field(default_factory=LinkSettings)
