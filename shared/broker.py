@@ -329,6 +329,9 @@ class TimeAlignment:
     ) -> None:
         for tp in partitions:
             self.held.pop(tp, None)
+        if not self.held and self._watchdog is not None:
+            self._watchdog.cancel()  # nothing left to release
+            self._watchdog = None
         mine = [tp for tp in partitions if tp in assigned]
         if mine:
             consumer.resume(*mine)
