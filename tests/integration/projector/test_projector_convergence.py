@@ -130,7 +130,7 @@ OVERSHOOT = """SELECT id::text, status, total, accepted, rejected, processing, a
          max_poll=1)  # fmt: skip
 # ... and a retry paused and resumed: the resumed run's members still hold their failed result.
 @example(seed=3, campaigns=[CampaignShape(recipients=30, batch_size=2, reject_share=0.5, deferred_batch_share=0.15,
-                                          retry_failed=True)], max_poll=1)  # fmt: skip
+                                          retry_failed=True, resume_deferred=True)], max_poll=1)  # fmt: skip
 def test_between_polls_the_read_model_lags_but_never_overshoots(
     database: str, seed: int, campaigns: list[CampaignShape], max_poll: int
 ) -> None:
