@@ -53,13 +53,20 @@ def fold_reports(current: DeliveryState | None, reports: Iterable[DeliveryState]
     return state
 
 
-def send_result_applies(previous: str | None, new: str) -> bool:
-    """Whether a send result may replace the recipient's recorded one.
+def send_result_applies(
+    previous: str | None, new: str, *, resolution: bool = False, same_batch: bool = False
+) -> bool:
+    """Whether a send result may replace the recipient's recorded one (`same_batch`: recorded under the
+    batch the new result is of).
 
     An accepted message is final on the send side. A rejection may be followed by a later run's
-    attempt (retry failed), and an ambiguous hand-over by its resolution."""
+    attempt (retry failed), and an ambiguous hand-over by its resolution. A resolution settles only its
+    own batch's hand-over: published again after a later run's result (an outbox relay's repeat), or
+    read before that run's result was released from waiting for its run, it changes nothing."""
     if previous is None:
         return True
+    if resolution:
+        return same_batch and previous == "ambiguous"
     if previous == "accepted":
         return False
     return not (previous == "ambiguous" and new == "ambiguous")

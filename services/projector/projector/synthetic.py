@@ -189,9 +189,7 @@ class CampaignShape:
     unsubscribes: int = 0
     retry_failed: bool = False  # a second run for the rejected recipients
     resolve_ambiguous: bool = False  # ambiguous batches get BatchResolved, in two steps
-    # Deferred batches' members in later resume runs. Off in the interleaving property: with it a replay
-    # diverged in batches/recipients rows (found 2026-12-07: seed=1, duplicate_share=0.1, max_poll=26).
-    resume_deferred: bool = False
+    resume_deferred: bool = False  # deferred batches' members sent again in resume runs (at most two)
     channel: Channel = Channel.RETAIL
 
 

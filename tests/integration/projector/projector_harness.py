@@ -165,7 +165,14 @@ def reference(log: Log) -> dict[str, dict[str, Any]]:
             status[env.campaign_id] = STATUS_OF[name]
     finished: set[str] = set()
     claimed: dict[str, tuple[str, int]] = {}
-    send: dict[tuple[str, int], tuple[str, str | None]] = {}
+    send: dict[tuple[str, int], tuple[str, str | None, str]] = {}  # (kind, message id, batch)
+
+    def applies(cid: str, rid: int, kind: str, batch_id: str, resolution: bool) -> bool:
+        kind_before, _, batch_before = send.get((cid, rid), (None, None, ""))
+        return send_result_applies(
+            kind_before, kind, resolution=resolution, same_batch=batch_before == batch_id
+        )
+
     for env, e in events("sms.outcomes"):
         cid = env.campaign_id
         if isinstance(e, BatchClaimed):
@@ -175,8 +182,8 @@ def reference(log: Log) -> dict[str, dict[str, Any]]:
         if isinstance(e, BatchResolved):
             for r in e.results:
                 kind = "accepted" if r.message_id else "rejected"
-                if not r.duplicate_of and send_result_applies(send.get((cid, r.id), (None, None))[0], kind):
-                    send[(cid, r.id)] = (kind, r.message_id)
+                if not r.duplicate_of and applies(cid, r.id, kind, e.batch_id, True):
+                    send[(cid, r.id)] = (kind, r.message_id, e.batch_id)
             continue
         if e.batch_id in finished:
             continue
@@ -195,16 +202,15 @@ def reference(log: Log) -> dict[str, dict[str, Any]]:
         else:
             assert isinstance(e, BatchDeferred)
         for rid, kind, mid in results:
-            before = send.get((cid, rid), (None, None))[0]
-            if send_result_applies(before, kind):
-                send[(cid, rid)] = (kind, mid)
+            if applies(cid, rid, kind, e.batch_id, False):
+                send[(cid, rid)] = (kind, mid, e.batch_id)
     reports: dict[str, list[DeliveryState]] = defaultdict(list)
     for env, e in events("delivery.reports"):
         assert isinstance(e, DeliveryReported)
         reports[e.provider_message_id].append(
             DeliveryState(e.status.value, e.raw_status, e.error, e.provider_time, env.occurred_at)
         )
-    for (cid, _), (kind, mid) in send.items():
+    for (cid, _), (kind, mid, _) in send.items():
         out[cid][kind] += 1
         state = fold_reports(None, reports.get(mid or "", []))
         if kind == "accepted" and state is not None:

@@ -21,7 +21,9 @@ from projector.synthetic import Counter as Seq
 
 from shared import db
 from shared.broker import BatchConsumer
+from shared.events import BatchResolved, decode
 from shared.infra.postgres import resolve_server
+from shared.topics import SMS_OUTCOMES
 from tests.integration.projector.projector_harness import campaign_counts, reference
 
 SCHEMAS = ("conv_a", "conv_b")
@@ -53,6 +55,7 @@ shapes = st.builds(
     unsubscribes=st.integers(0, 2),
     retry_failed=st.booleans(),
     resolve_ambiguous=st.booleans(),
+    resume_deferred=st.booleans(),
 )
 
 
@@ -197,3 +200,37 @@ def test_the_reference_sees_what_the_generator_made(database: str) -> None:
     assert counts["delivered"] > 0
     assert counts["clicks"] == 5
     assert counts["accepted"] + counts["rejected"] == 40
+
+
+def test_a_repeated_resolution_never_undoes_a_later_runs_result(database: str) -> None:
+    """A resolution published again after a retry of its rejected recipients (an outbox relay's repeat) is
+    read after the retry's results in order, but before them when the retry waits for its run: either way
+    the recipients keep the retry's result."""
+    shape = CampaignShape(recipients=4, batch_size=2, reject_share=1.0, ambiguous_batch_share=1.0,
+                          resolve_ambiguous=True, retry_failed=True, max_reports=0)  # fmt: skip
+    log = build_log(5, [shape], 0.0)
+    (outcomes_tp,) = [tp for tp in log.streams if tp[0] == SMS_OUTCOMES]
+    stream = log.streams[outcomes_tp]
+    first_run = decode(stream[0][1])[1].run_token  # type: ignore[union-attr]
+    stream += [
+        r for r in stream if isinstance(e := decode(r[1])[1], BatchResolved) and e.run_token == first_run
+    ]
+    records = log.records()
+    outcomes_first = [
+        records[outcomes_tp],
+        [r for tp, rs in records.items() if tp != outcomes_tp for r in rs],
+    ]
+
+    async def run() -> tuple[Any, Any, list[str]]:
+        in_order = await project(database, "conv_a", [log.in_order()])
+        pool = await db.create_pool(database, "conv_a", max_size=1)
+        try:
+            batches = [r["batch_id"] for r in await pool.fetch("SELECT batch_id FROM recipients")]
+        finally:
+            await pool.close()
+        return in_order, await project(database, "conv_b", outcomes_first), batches
+
+    in_order, shuffled, batches = asyncio.run(run())
+    assert len(batches) == 4
+    assert not [b for b in batches if first_run in b]  # every recipient holds the retry's result
+    assert shuffled == in_order

@@ -136,6 +136,7 @@ class Harness:
         self.topics = (topic, *more_topics)
         self.max_records = max_records
         self.fail_on: dict[str, type[Exception]] = {}
+        self.apply_delay_s = 0.0  # per event: a consumer slower than its log
         self.broker = make_broker(self.settings, "test")
         self.pool: asyncpg.Pool | None = None
         self.consumer = BatchConsumer(
@@ -145,6 +146,7 @@ class Harness:
     async def apply(self, conn: db.Conn, deliveries: Sequence[Delivery]) -> None:
         for d in deliveries:
             mid = d.event.provider_message_id  # type: ignore[attr-defined]
+            await asyncio.sleep(self.apply_delay_s)
             await conn.execute("INSERT INTO applied VALUES ($1, $2)", d.envelope.event_id, mid)
             error = self.fail_on.get(mid)
             if error is not None:
@@ -247,6 +249,38 @@ async def test_a_follower_topic_is_applied_only_once_the_leader_has_passed_its_t
     early = [m for m, t in tx.items() if m.startswith("f") and t < tx["last"]]
     assert early == [], f"{len(early)} follower records applied before the leader passed their time"
     assert not alignment.held  # nothing left paused
+
+
+async def test_records_held_for_their_leader_survive_a_restart_and_are_applied_once(
+    broker: TansuBroker, database: str
+) -> None:
+    """A follower partition held back is rewound before the poll is acknowledged: stopped while it is held,
+    the consumer commits the held records' offsets, and the next one applies them, once."""
+    leader, follower = f"z.{secrets.token_hex(3)}", f"a.{secrets.token_hex(3)}"
+    await ensure_topics(broker.bootstrap, [leader, follower, "dlq.tester"], 3)
+    t0 = int(time.time() * 1000) - 60_000
+    await produce(broker.bootstrap, follower, [report(f"f{i:03d}") for i in range(300)], at=t0 + 10_000)
+    await produce(broker.bootstrap, leader, [report(f"l{i:03d}") for i in range(300)], at=t0)
+    small = {"fetch_max_bytes": 65_536, "partition_fetch_bytes": 32_768}
+    alignment = TimeAlignment(follower, leader, max_hold_s=60.0)
+    h = Harness(broker.bootstrap, database, leader, follower, alignment=alignment, max_records=50)
+    h.settings = h.settings.model_copy(update={"kafka": h.settings.kafka.model_copy(update=small)})
+    h.apply_delay_s = 0.02  # 300 leader records take 6 s: the follower is read, and held, well before
+    async with h:
+        await eventually(lambda: _held(alignment), what="a follower partition held")
+    stopped_with = await applied_ids(database)
+    assert len([m for m in stopped_with if m.startswith("l")]) < 300, "nothing was held at the stop"
+    async with Harness(
+        broker.bootstrap, database, leader, follower, alignment=TimeAlignment(follower, leader)
+    ):
+        await eventually(lambda: _count(database, 600), what="every record applied after the restart")
+        await asyncio.sleep(1.0)
+    everything = [f"f{i:03d}" for i in range(300)] + [f"l{i:03d}" for i in range(300)]
+    assert sorted(await applied_ids(database)) == everything
+
+
+async def _held(alignment: TimeAlignment) -> bool:
+    return bool(alignment.held)
 
 
 async def test_a_transient_failure_rewinds_and_the_event_is_applied_exactly_once(

@@ -90,6 +90,24 @@ def test_which_send_result_may_replace_the_recorded_one(
     assert send_result_applies(previous, new) is applies
 
 
+@pytest.mark.parametrize(
+    ("previous", "new", "same_batch", "applies"),
+    [
+        (None, "accepted", True, True),
+        ("ambiguous", "accepted", True, True),  # its own batch's hand-over
+        ("ambiguous", "rejected", True, True),
+        ("rejected", "rejected", True, False),  # the same step read again
+        ("rejected", "accepted", False, False),  # a later run retried the recipient: its result stays
+        ("rejected", "rejected", False, False),
+        ("ambiguous", "accepted", False, False),  # another batch's hand-over is not this one's to settle
+    ],
+)
+def test_a_resolution_settles_only_its_own_batchs_hand_over(
+    previous: str | None, new: str, same_batch: bool, applies: bool
+) -> None:
+    assert send_result_applies(previous, new, resolution=True, same_batch=same_batch) is applies
+
+
 def test_counters_move_by_transitions_and_cancel_out() -> None:
     d = CampaignDelta()
     d.send_status("ambiguous", +1)

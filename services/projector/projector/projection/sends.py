@@ -183,6 +183,7 @@ def _resolved_rows(campaign_id: str, e: BatchResolved) -> list[SendRow]:
             r.error,
             e.retry_count,
             e.resolved_at,
+            True,
         )
         for r in e.results
         if r.duplicate_of is None
@@ -222,6 +223,7 @@ def _send_rows(campaign_id: str, e: Outcome, before: store_sends.BatchState | No
                 r.error,
                 e.retry_count,
                 e.sent_at,
+                False,
             )
             for r in e.results
             if r.duplicate_of is None
@@ -235,7 +237,20 @@ def _send_rows(campaign_id: str, e: Outcome, before: store_sends.BatchState | No
         ("rejected", e.error, e.failed_at) if isinstance(e, BatchFailed) else ("ambiguous", e.reason, e.at)
     )
     return [
-        (campaign_id, rid, phones.get(rid, ""), e.batch_id, status, None, None, 1, error, e.retry_count, at)
+        (
+            campaign_id,
+            rid,
+            phones.get(rid, ""),
+            e.batch_id,
+            status,
+            None,
+            None,
+            1,
+            error,
+            e.retry_count,
+            at,
+            False,
+        )
         for rid in e.recipient_ids
     ]
 
@@ -246,7 +261,7 @@ async def _write_send_results(conn: Conn, rows: list[SendRow], poll: Poll) -> No
     first: dict[tuple[str, int], SendRow] = {}
     for row in rows:  # as if nothing were recorded: a later result in this poll wins, if it may
         key = (row[0], row[1])
-        if send_result_applies(first[key][4] if key in first else None, row[4]):
+        if _applies(_status_of(first[key]) if key in first else None, row):
             first[key] = row
     parked, keys = await store_sends.insert_first_results(conn, list(first.values()))
     moves: Counter[tuple[str, str, str]] = Counter(
@@ -258,8 +273,8 @@ async def _write_send_results(conn: Conn, rows: list[SendRow], poll: Poll) -> No
         for row in rows:
             key = (row[0], row[1])
             if key in keys:
-                before = latest[key][4] if key in latest else recorded[key][0]
-                if send_result_applies(before, row[4]):
+                before = _status_of(latest[key]) if key in latest else recorded[key]
+                if _applies(before, row):
                     latest[key] = row
         for key, row in latest.items():
             status, batch_id = recorded[key]
@@ -273,3 +288,18 @@ async def _write_send_results(conn: Conn, rows: list[SendRow], poll: Poll) -> No
     # Reports that arrived before their send result were parked: count them now.
     for rec in parked:
         poll.delivery(rec["campaign_id"], rec["batch_id"], rec["status"], rec["raw_status"], rec["n"])
+
+
+def _status_of(row: SendRow) -> tuple[str, str]:
+    """What a row records: (send status, batch id), as `store_sends.send_statuses` reads it back."""
+    return row[4], row[3]
+
+
+def _applies(recorded: tuple[str, str] | None, row: SendRow) -> bool:
+    """`send_result_applies` for a row against a recorded (status, batch id)."""
+    return send_result_applies(
+        recorded[0] if recorded else None,
+        row[4],
+        resolution=row[11],
+        same_batch=recorded is not None and recorded[1] == row[3],
+    )

@@ -25,8 +25,8 @@ def json_rows(rows: Sequence[Sequence[object]]) -> str:
     return orjson.dumps(rows).decode()
 
 
-# (campaign_id, id, phone, batch_id, status, message_id, bulk_id, parts, error, retry_count, at)
-SendRow = tuple[str, int, str, str, str, str | None, str | None, int, str | None, int, datetime]
+# (campaign_id, id, phone, batch_id, status, message_id, bulk_id, parts, error, retry_count, at, resolution)
+SendRow = tuple[str, int, str, str, str, str | None, str | None, int, str | None, int, datetime, bool]
 # (message_id, status, raw_status, error, provider_time, reported_at)
 DeliveryRow = tuple[str, str, str, str | None, datetime | None, datetime]
 
