@@ -92,6 +92,7 @@ class BatchPublisher:
         self._producers: list[AIOKafkaProducer] = []
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._backlog = 0
+        # Batch → when it was handed over; inserted in time order, so the first entry is the oldest.
         self._unacked: dict[_Batch, float] = {}
 
     async def start(self) -> None:
@@ -120,7 +121,7 @@ class BatchPublisher:
     def stalled(self) -> bool:
         if not self._unacked:
             return False
-        return time.monotonic() - min(self._unacked.values()) > self.stall_after_s
+        return time.monotonic() - next(iter(self._unacked.values())) > self.stall_after_s
 
     async def publish(
         self, topic: str, records: Sequence[tuple[bytes, bytes]], *, timeout_s: float | None = None
