@@ -275,32 +275,33 @@ class TimeAlignment:
         self.follower = follower
         self.leader = leader
         self.max_hold_s = max_hold_s
-        self.newest: dict[TopicPartition, int] = {}  # leader partition → newest timestamp handed over
+        self.newest: dict[int, int] = {}  # leader partition → newest timestamp handed over
         self.held: dict[TopicPartition, int] = {}  # paused follower partition → its first held timestamp
         self._watchdog: asyncio.TimerHandle | None = None
 
     async def split(self, records: Sequence[Any], consumer: AIOKafkaConsumer) -> list[Any]:
         """The records to apply now, in their order; the others are held (see the class)."""
+        # Per record, only plain comparisons: a poll holds up to tens of thousands of them.
+        leader, follower, newest, never = self.leader, self.follower, self.newest, float("-inf")
         for r in records:
-            if r.topic == self.leader:
-                tp = TopicPartition(r.topic, r.partition)
-                self.newest[tp] = max(self.newest.get(tp, r.timestamp), r.timestamp)
+            if r.topic == leader and r.timestamp > newest.get(r.partition, never):
+                newest[r.partition] = r.timestamp
         assigned = consumer.assignment()
         watermark = await self._watermark(consumer, assigned)
         due = [tp for tp, at in self.held.items() if at <= watermark or tp not in assigned]
         self._resume(consumer, due, assigned)
         keep: list[Any] = []
-        first_held: dict[TopicPartition, Any] = {}
+        first_held: dict[int, Any] = {}  # follower partition → its first record held
         for r in records:
-            if r.topic == self.follower:
-                tp = TopicPartition(r.topic, r.partition)
-                if tp in first_held:
+            if r.topic == follower:
+                if r.partition in first_held:
                     continue
                 if r.timestamp > watermark:
-                    first_held[tp] = r
+                    first_held[r.partition] = r
                     continue
             keep.append(r)
-        for tp, r in first_held.items():
+        for partition, r in first_held.items():
+            tp = TopicPartition(follower, partition)
             consumer.seek(tp, r.offset)
             consumer.pause(tp)
             self.held[tp] = r.timestamp
@@ -321,7 +322,7 @@ class TimeAlignment:
                 continue
             end = consumer.highwater(tp)
             if end is not None and await consumer.position(tp) < end:
-                behind.append(self.newest.get(tp, float("-inf")))
+                behind.append(self.newest.get(tp.partition, float("-inf")))
         return min(behind, default=float("inf"))
 
     def _resume(
