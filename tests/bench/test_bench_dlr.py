@@ -185,9 +185,11 @@ async def measure(workers: int, broker: TansuBroker, database_url: str, run_dir:
                         await load(dlr_url, reports=reports, server=dlr.pid),
                     )
                 )
-            pairs.sort(key=lambda p: p[1]["rps"] / p[0]["rps"])
-            ratios[reports] = [round(hook["rps"] / bare_r["rps"], 3) for bare_r, hook in pairs]
-            results[f"bare {reports}"], results[f"webhook {reports}"] = pairs[len(pairs) // 2]
+            turns = sorted(
+                ((hook["rps"] / bare_r["rps"], bare_r, hook) for bare_r, hook in pairs), key=lambda t: t[0]
+            )
+            ratios[reports] = [round(ratio, 3) for ratio, _, _ in turns]
+            _, results[f"bare {reports}"], results[f"webhook {reports}"] = turns[len(turns) // 2]
             half = results[f"webhook {reports}"]["rps"] / 2
             results[f"webhook {reports} at half"] = await load(
                 dlr_url, reports=reports, rate=half, server=dlr.pid

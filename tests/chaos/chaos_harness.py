@@ -209,7 +209,8 @@ async def resolve_ambiguous(
     only (a retry of refused ones) is probed whole: the rule may have changed since, letting some through,
     and an operator with no evidence that nothing arrived must not resend (the soak once did: three phones
     sent twice). A resend refused because the campaign is paused or cancelled becomes a fail (a paused run
-    cannot resume while it has ambiguous batches). Repeated until none is left (a resend can itself become ambiguous)."""
+    cannot resume while it has ambiguous batches). Repeated until none is left (a resend can itself become
+    ambiguous)."""
     sender, sim = chaos.stack.url("sender"), chaos.stack.url("mitto-sim")
     url = f"{sender}/api/operator/ambiguous-batches"
     for _ in range(rounds):

@@ -282,7 +282,9 @@ class _CampaignWriter:
 
     def resume(self) -> None:
         """Runs of the members of deferred batches (paused, then resumed), at most twice."""
-        for _ in range(2 if self.shape.resume_deferred else 0):
+        if not self.shape.resume_deferred:
+            return
+        for _ in range(2):
             if not self.deferred:
                 return
             again, self.deferred = self.deferred, []
